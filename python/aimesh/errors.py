@@ -1,0 +1,149 @@
+"""Exceptions raised by AiMesh, native and Python alike.
+
+Every error carries a machine-readable ``code`` (stable, snake_case), a human
+``message`` and the HTTP status the gateway answers with. The native core
+raises these same classes, so callers catch one hierarchy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AiMeshError(Exception):
+    """Base class of every AiMesh error."""
+
+    status: int = 500
+    default_code: str = "internal_error"
+
+    def __init__(
+        self,
+        code: str | None = None,
+        message: str = "",
+        *,
+        details: dict[str, Any] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.code = code or self.default_code
+        self.message = message or self.code.replace("_", " ")
+        self.details = details or {}
+        self.retry_after = retry_after
+        super().__init__(f"{self.code}: {self.message}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON error body: ``{"error": {"code", "message", ...}}``."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        if self.retry_after is not None:
+            body["retry_after"] = self.retry_after
+        return {"error": body}
+
+
+class FrameError(AiMeshError):
+    """A length-prefixed frame or its protobuf body is malformed."""
+
+    status = 400
+    default_code = "invalid_frame"
+
+
+class ValidationError(AiMeshError):
+    """A message breaks a protocol rule (agent_id, payload size, priority...)."""
+
+    status = 400
+    default_code = "invalid_message"
+
+
+class AuthenticationError(AiMeshError):
+    """Missing or unknown credentials."""
+
+    status = 401
+    default_code = "unauthorized"
+
+
+class BudgetExceededError(AiMeshError):
+    """The agent's remaining budget cannot cover the message."""
+
+    status = 402
+    default_code = "budget_exceeded"
+
+
+class PermissionDeniedError(AiMeshError):
+    """The credentials are valid but may not do this."""
+
+    status = 403
+    default_code = "forbidden"
+
+
+class NotFoundError(AiMeshError):
+    """The resource (message, endpoint, budget, route group) does not exist."""
+
+    status = 404
+    default_code = "not_found"
+
+
+class ConflictError(AiMeshError):
+    """The request conflicts with existing state (same message_id, other body)."""
+
+    status = 409
+    default_code = "conflict"
+
+
+class PayloadTooLargeError(AiMeshError):
+    """The request body or frame exceeds the configured limit."""
+
+    status = 413
+    default_code = "payload_too_large"
+
+
+class RateLimitError(AiMeshError):
+    """Too many requests; retry after ``retry_after`` seconds."""
+
+    status = 429
+    default_code = "rate_limited"
+
+
+class UpstreamError(AiMeshError):
+    """Every endpoint in the fallback chain failed."""
+
+    status = 502
+    default_code = "upstream_failed"
+
+
+class RoutingError(AiMeshError):
+    """No eligible endpoint (all unhealthy, saturated or none registered)."""
+
+    status = 503
+    default_code = "no_endpoint_available"
+
+
+class QueueFullError(AiMeshError):
+    """The queue is at capacity (backpressure); retry after ``retry_after``."""
+
+    status = 503
+    default_code = "queue_full"
+
+
+class ServiceUnavailableError(AiMeshError):
+    """The gateway cannot serve now (draining, storage down); retry later."""
+
+    status = 503
+    default_code = "unavailable"
+
+
+__all__ = [
+    "AiMeshError",
+    "AuthenticationError",
+    "BudgetExceededError",
+    "ConflictError",
+    "FrameError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "QueueFullError",
+    "RateLimitError",
+    "RoutingError",
+    "ServiceUnavailableError",
+    "UpstreamError",
+    "ValidationError",
+]
