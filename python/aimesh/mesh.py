@@ -1,0 +1,586 @@
+"""The Mesh: AiMesh's message pipeline, in one place.
+
+Every entry point (the embedded API, HTTP, QUIC, federation) calls the same
+stages in this order::
+
+    validate -> rate limit -> dedup (+ single-flight) -> budget reserve
+    -> enqueue (priority, deadline) -> route -> deliver (retries, fallback,
+    circuit breaker) -> settle budget with real usage -> ack + metrics
+
+Rejections before delivery raise :mod:`aimesh.errors` exceptions (the HTTP
+layer maps them to 4xx/5xx). Delivery failures are answered with a ``failed``
+acknowledgment carrying an ``error_code``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from aimesh import _native
+from aimesh.config import AiMeshConfig
+from aimesh.endpoints import DeliveryRequest, DeliveryResult
+from aimesh.endpoints.delivery import Deliverer
+from aimesh.errors import (
+    AiMeshError,
+    BudgetExceededError,
+    ConflictError,
+    NotFoundError,
+    QueueFullError,
+    RateLimitError,
+    ServiceUnavailableError,
+)
+from aimesh.metrics import MeshMetrics
+from aimesh.models import (
+    Acknowledgment,
+    AckStatus,
+    AIMessage,
+    BudgetInfo,
+    EndpointMetrics,
+)
+from aimesh.router import Router, RoutingDecision
+from aimesh.storage import Storage, open_storage
+
+log = logging.getLogger("aimesh.mesh")
+
+#: How long a rejected async submission should wait before retrying.
+QUEUE_RETRY_AFTER_S = 1.0
+
+
+@dataclass(slots=True)
+class _Job:
+    """A message admitted past budget reservation, waiting for delivery."""
+
+    message: AIMessage
+    reservation_id: str
+    started: float
+    future: asyncio.Future[Acknowledgment]
+    seq: int = 0
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+def body_hash(msg: AIMessage) -> bytes:
+    """Identity of a message's content, for message_id idempotency (409)."""
+    return _native.dedup_key(msg.agent_id, msg.payload, msg.dedup_context, "body")
+
+
+class AiMesh:
+    """The message pipeline with its router, limiters, queue, dedup table,
+    storage and delivery engine.
+
+    The router, limiters and queue are usable right after construction (the
+    embedded API); :meth:`start` opens storage and starts delivery."""
+
+    def __init__(self, config: AiMeshConfig | None = None, *, storage: Storage | None = None):
+        self.config = config or AiMeshConfig()
+        cfg = self.config
+        self.router = Router(cfg.w_cost, cfg.w_load, cfg.w_latency, cfg.normalize)
+        self.limiter = _native.TokenBucket(
+            cfg.rate_limit_rps,
+            cfg.effective_burst,
+            global_rate=cfg.global_rate_limit_rps or None,
+            global_burst=(cfg.global_rate_limit_rps or None),
+        )
+        self.dedup = _native.DedupTable(cfg.dedup_ttl_s)
+        # Recent message ids -> body hash, so a reused id with another body is
+        # a 409 without a storage read on the hot path.
+        self.recent_ids = _native.DedupTable(cfg.dedup_ttl_s)
+        self.queue = _native.PriorityQueue(cfg.queue_capacity)
+        self.metrics = MeshMetrics(self)
+        self.deliverer = Deliverer(
+            self.router.native,
+            timeout_s=cfg.timeout_s,
+            max_attempts_per_endpoint=cfg.max_attempts_per_endpoint,
+            breaker_failures=cfg.breaker_failures,
+            breaker_cooldown_s=cfg.breaker_cooldown_s,
+        )
+        self.endpoints: dict[str, EndpointMetrics] = {}
+        self._storage = storage
+        self._wakeup: asyncio.Event | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._async_backlog = _native.PriorityQueue(max(cfg.queue_capacity * 10, 100_000))
+        self._async_wakeup: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._workers: list[asyncio.Task[None]] = []
+        self._started = False
+        self._draining = False
+        self._active = 0
+        for ep in cfg.endpoints:
+            self.register_endpoint(ep)
+
+    # -- lifecycle ----------------------------------------------------------
+
+    @property
+    def storage(self) -> Storage:
+        if self._storage is None:
+            raise ServiceUnavailableError("not_started", "call `await mesh.start()` first")
+        return self._storage
+
+    async def start(self) -> None:
+        """Open storage, restore endpoints, budgets and pending messages, and
+        start the dispatcher and the async workers."""
+        if self._started:
+            return
+        cfg = self.config
+        if self._storage is None:
+            self._storage = open_storage(Path(cfg.data_dir), durable=cfg.durable_sync)
+        await self._storage.open()
+        await self._storage.recover()
+        for ep in await self._storage.list_endpoints():
+            self.register_endpoint(ep)
+        for b in cfg.budgets:
+            if await self._storage.get_budget(b.agent_id) is None:
+                await self._storage.set_budget(b.agent_id, b.tokens, b.reset_at, b.period_s)
+        self._wakeup = asyncio.Event()
+        self._async_wakeup = asyncio.Event()
+        self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="aimesh-dispatch")
+        self._workers = [
+            asyncio.create_task(self._async_worker(), name=f"aimesh-async-{i}")
+            for i in range(cfg.async_workers)
+        ]
+        pending = await self._storage.pending_messages(limit=1_000_000)
+        for msg in pending:
+            self._async_backlog.push(msg, msg.priority, msg.deadline_ms)
+        if pending:
+            log.info("recovered %d pending messages", len(pending))
+            self._async_wakeup.set()
+        if cfg.health_check_interval_s > 0:
+            self.deliverer.start_health_checks(cfg.health_check_interval_s)
+        self._started = True
+
+    async def close(self, drain_timeout_s: float = 10.0) -> None:
+        """Stop accepting, let in-flight deliveries finish (bounded), stop
+        workers and close storage. RECEIVED messages stay on disk."""
+        if not self._started:
+            return
+        self._draining = True
+        deadline = time.monotonic() + drain_timeout_s
+        while (self._active or len(self.queue)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for t in [*self._workers, *self._tasks]:
+            t.cancel()
+        if self._dispatcher:
+            self._dispatcher.cancel()
+        await asyncio.gather(*self._workers, *self._tasks, return_exceptions=True)
+        if self._dispatcher:
+            await asyncio.gather(self._dispatcher, return_exceptions=True)
+        await self.deliverer.aclose()
+        await self.storage.close()
+        self._started = False
+
+    async def __aenter__(self) -> AiMesh:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- endpoints and budgets ------------------------------------------------
+
+    def register_endpoint(self, endpoint: EndpointMetrics) -> None:
+        """Add or replace an endpoint in the router and the delivery engine."""
+        self.endpoints[endpoint.endpoint_id] = endpoint
+        self.router.register_endpoint(endpoint)
+        self.deliverer.add_endpoint(endpoint)
+
+    async def add_endpoint(self, endpoint: EndpointMetrics) -> None:
+        """Register an endpoint and persist it (API-registered endpoints
+        survive a restart)."""
+        await self.storage.save_endpoint(endpoint)
+        self.register_endpoint(endpoint)
+
+    async def remove_endpoint(self, endpoint_id: str) -> None:
+        if endpoint_id not in self.endpoints:
+            raise NotFoundError("endpoint_not_found", f"no endpoint {endpoint_id!r}")
+        await self.storage.delete_endpoint(endpoint_id)
+        del self.endpoints[endpoint_id]
+        self.router.remove_endpoint(endpoint_id)
+        self.deliverer.remove_endpoint(endpoint_id)
+
+    def endpoint_view(self, endpoint_id: str) -> dict[str, Any]:
+        """The endpoint's configuration with its live figures."""
+        ep = self.endpoints.get(endpoint_id)
+        state = self.router.endpoint(endpoint_id)
+        if ep is None or state is None:
+            raise NotFoundError("endpoint_not_found", f"no endpoint {endpoint_id!r}")
+        d = ep.to_json_dict()
+        d.update(
+            current_load=state.current_load,
+            latency_p99_ms=round(state.latency_p99_ms, 3),
+            error_rate=round(state.error_rate, 6),
+            health_status=state.health,
+            circuit_open=endpoint_id in self.deliverer.open_circuits(),
+            requests=state.requests,
+            failures=state.failures,
+        )
+        return d
+
+    async def set_budget(
+        self, agent_id: str, tokens: int, reset_at: int | None = None, period_s: int | None = None
+    ) -> BudgetInfo:
+        _native.validate_fields(agent_id, 1)
+        if tokens < 0:
+            raise AiMeshError("invalid_tokens", "tokens must be >= 0")
+        return await self.storage.set_budget(agent_id, tokens, reset_at, period_s)
+
+    async def get_budget(self, agent_id: str) -> BudgetInfo:
+        info = await self.storage.get_budget(agent_id)
+        if info is None:
+            raise NotFoundError("budget_not_found", f"no budget for agent {agent_id!r}")
+        return info
+
+    async def reset_budget(self, agent_id: str) -> BudgetInfo:
+        return await self.storage.reset_budget(agent_id)
+
+    # -- the pipeline -------------------------------------------------------------
+
+    def admit(self, msg: AIMessage, *, key: str | None = None) -> None:
+        """Stages that need no I/O: validate, check the route group, rate
+        limit. Raise the matching error."""
+        if self._draining:
+            raise ServiceUnavailableError("draining", "the gateway is shutting down", retry_after=1)
+        _native.validate_fields(
+            msg.agent_id,
+            len(msg.payload),
+            msg.budget_tokens,
+            msg.deadline_ms,
+            msg.priority,
+            max_payload_bytes=self.config.max_payload_bytes,
+        )
+        group = msg.group
+        if group is not None and group not in self.router.groups():
+            raise NotFoundError("unknown_group", f"no endpoints serve model {group!r}")
+        allowed, retry_after = self.limiter.try_acquire(key or msg.agent_id)
+        if not allowed:
+            self.metrics.rejected("rate_limited")
+            raise RateLimitError(
+                "rate_limited",
+                f"rate limit of {self.config.rate_limit_rps:g}/s exceeded",
+                retry_after=_ceil_retry(retry_after),
+            )
+
+    def check_idempotency(self, msg: AIMessage) -> None:
+        """Same message_id with another body -> 409."""
+        digest = body_hash(msg)
+        new, existing = self.recent_ids.insert_if_absent(msg.message_id.encode(), digest)
+        if not new and existing != digest:
+            raise ConflictError(
+                "message_id_conflict",
+                f"message_id {msg.message_id} was already used with another body",
+            )
+
+    async def process_message(self, msg: AIMessage, *, key: str | None = None) -> Acknowledgment:
+        """Run the whole pipeline for one message and answer its
+        acknowledgment (``success``, ``failed`` or ``duplicate``)."""
+        self._require_started()
+        self.admit(msg, key=key)
+        self.check_idempotency(msg)
+        ack = await self._run(msg)
+        self._spawn(self._record_sync(msg, ack))
+        return ack
+
+    async def submit(self, msg: AIMessage, *, key: str | None = None) -> Acknowledgment:
+        """Async mode: admit, write the message to disk, answer ``received``.
+        Workers deliver it later in priority order; the final ack is read
+        with :meth:`get_message`."""
+        self._require_started()
+        self.admit(msg, key=key)
+        if len(self._async_backlog) >= self._async_backlog.capacity:
+            raise QueueFullError("queue_full", "async backlog is full", retry_after=1)
+        result = await self.storage.put_message(msg, body_hash(msg))
+        if result.created:
+            self._async_backlog.push(msg, msg.priority, msg.deadline_ms)
+            assert self._async_wakeup is not None
+            self._async_wakeup.set()
+            self.metrics.accepted_async()
+        return Acknowledgment(
+            original_message_id=msg.message_id,
+            status=AckStatus.RECEIVED,
+            trace_id=msg.trace_id,
+        )
+
+    async def process_batch(
+        self, messages: Iterable[AIMessage], *, key: str | None = None
+    ) -> list[Acknowledgment]:
+        """Process many messages concurrently; each gets an ack (a message
+        rejected before delivery gets a ``rejected`` ack with its code)."""
+
+        async def one(m: AIMessage) -> Acknowledgment:
+            try:
+                return await self.process_message(m, key=key)
+            except AiMeshError as e:
+                return _error_ack(m, e)
+
+        return list(await asyncio.gather(*(one(m) for m in messages)))
+
+    def route(self, msg: AIMessage) -> RoutingDecision:
+        """Dry run: the routing decision for ``msg``; nothing is delivered."""
+        _native.validate_fields(
+            msg.agent_id,
+            len(msg.payload),
+            msg.budget_tokens,
+            msg.deadline_ms,
+            msg.priority,
+            max_payload_bytes=self.config.max_payload_bytes,
+        )
+        return self.router.route(msg, exclude=self.deliverer.open_circuits())
+
+    async def get_message(self, message_id: str) -> dict[str, Any]:
+        stored = await self.storage.get_message(message_id)
+        if stored is None:
+            raise NotFoundError("message_not_found", f"no message {message_id!r}")
+        return {
+            "message_id": message_id,
+            "agent_id": stored.message.agent_id,
+            "status": stored.status.value,
+            "acknowledgment": stored.ack.to_json_dict() if stored.ack else None,
+            "created_at_ms": stored.created_at_ms,
+            "updated_at_ms": stored.updated_at_ms,
+        }
+
+    # -- stages after admission -------------------------------------------------
+
+    async def _run(self, msg: AIMessage) -> Acknowledgment:
+        """dedup (single-flight) -> reserve -> enqueue -> deliver -> settle."""
+        loop = asyncio.get_running_loop()
+        key = _native.dedup_key(msg.agent_id, msg.payload, msg.dedup_context)
+        flight: asyncio.Future[Acknowledgment] = loop.create_future()
+        new, existing = self.dedup.insert_if_absent(key, flight)
+        if not new:
+            original: Acknowledgment = await asyncio.shield(existing)  # type: ignore[arg-type]
+            self.metrics.duplicate()
+            return replace(
+                original,
+                status=AckStatus.DUPLICATE,
+                processing_latency_ms=0.0,
+                trace_id=msg.trace_id or original.trace_id,
+            )
+        flight.add_done_callback(_consume_exception)
+        try:
+            ack = await self._reserve_and_deliver(msg)
+        except BaseException as e:
+            self.dedup.remove(key)
+            if not flight.done():
+                if isinstance(e, Exception):
+                    flight.set_exception(e)
+                else:
+                    flight.cancel()
+            raise
+        if ack.status is AckStatus.SUCCESS:
+            done = loop.create_future()
+            done.set_result(ack)
+            self.dedup.set(key, done)
+        else:
+            self.dedup.remove(key)  # a failed message may be retried
+        flight.set_result(ack)
+        return ack
+
+    async def _reserve_and_deliver(self, msg: AIMessage) -> Acknowledgment:
+        tokens = msg.estimated_tokens()
+        if msg.budget_tokens is not None and tokens > msg.budget_tokens:
+            raise BudgetExceededError(
+                "message_budget_exceeded",
+                f"estimated {tokens} tokens exceed the message's budget_tokens {msg.budget_tokens}",
+            )
+        reservation = f"{msg.message_id}"
+        try:
+            await self.storage.reserve(msg.agent_id, reservation, tokens)
+        except BudgetExceededError:
+            self.metrics.rejected("budget_exceeded")
+            raise
+        loop = asyncio.get_running_loop()
+        job = _Job(msg, reservation, time.perf_counter(), loop.create_future())
+        try:
+            job.seq = self.queue.push(job, msg.priority, msg.deadline_ms)
+        except QueueFullError as e:
+            await self.storage.release(reservation)
+            self.metrics.rejected("queue_full")
+            e.retry_after = QUEUE_RETRY_AFTER_S
+            raise
+        assert self._wakeup is not None
+        self._wakeup.set()
+        try:
+            return await asyncio.shield(job.future)
+        except asyncio.CancelledError:
+            # The caller went away: the job still settles its reservation when
+            # it finishes (see _deliver_job), so nothing leaks.
+            raise
+
+    async def _dispatch_loop(self) -> None:
+        """Pop jobs in priority/deadline order whenever delivery capacity is
+        free and run each in its own task."""
+        assert self._wakeup is not None
+        slots = asyncio.Semaphore(self.config.max_inflight)
+        while True:
+            await slots.acquire()
+            job, expired = self.queue.pop()
+            for e in expired:
+                self._spawn(self._expire(e))  # type: ignore[arg-type]
+            if job is None:
+                slots.release()
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            self._active += 1
+            task = asyncio.create_task(self._deliver_job(job))  # type: ignore[arg-type]
+            self._tasks.add(task)
+
+            def done(t: asyncio.Task[None]) -> None:
+                self._tasks.discard(t)
+                self._active -= 1
+                slots.release()
+
+            task.add_done_callback(done)
+
+    async def _expire(self, job: _Job) -> None:
+        await self.storage.release(job.reservation_id)
+        ack = Acknowledgment(
+            original_message_id=job.message.message_id,
+            status=AckStatus.FAILED,
+            error="deadline passed while queued",
+            error_code="deadline_exceeded",
+            processing_latency_ms=(time.perf_counter() - job.started) * 1000,
+            trace_id=job.message.trace_id,
+        )
+        self.metrics.completed(ack, cost=0.0)
+        if not job.future.done():
+            job.future.set_result(ack)
+
+    async def _deliver_job(self, job: _Job) -> None:
+        msg = job.message
+        ack: Acknowledgment | None = None
+        used = 0
+        try:
+            decision = self.router.route(msg, exclude=self.deliverer.open_circuits())
+            request = DeliveryRequest(
+                payload=msg.payload,
+                message_id=msg.message_id,
+                trace_id=msg.trace_id,
+                metadata=msg.metadata,
+                deadline_ms=msg.deadline_ms,
+                estimated_tokens=msg.estimated_tokens(),
+            )
+            result: DeliveryResult = await self.deliverer.deliver(request, decision)
+            used = result.tokens_used
+            ack = Acknowledgment(
+                original_message_id=msg.message_id,
+                status=AckStatus.SUCCESS,
+                tokens_used=result.tokens_used,
+                processing_latency_ms=(time.perf_counter() - job.started) * 1000,
+                endpoint_id=result.endpoint_id,
+                result=result.result,
+                trace_id=msg.trace_id,
+            )
+        except AiMeshError as e:
+            ack = Acknowledgment(
+                original_message_id=msg.message_id,
+                status=AckStatus.FAILED,
+                processing_latency_ms=(time.perf_counter() - job.started) * 1000,
+                error=e.message,
+                error_code=e.code,
+                endpoint_id=str(e.details.get("endpoint_id", "")),
+                trace_id=msg.trace_id,
+            )
+        finally:
+            # Settle even on cancellation so a reservation never leaks.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.storage.settle(job.reservation_id, used))
+            if ack is None:
+                ack = Acknowledgment(
+                    original_message_id=msg.message_id,
+                    status=AckStatus.FAILED,
+                    error="delivery was cancelled",
+                    error_code="cancelled",
+                    trace_id=msg.trace_id,
+                )
+            ep = self.endpoints.get(ack.endpoint_id)
+            cost = ack.tokens_used / 1000 * ep.cost_per_1k_tokens if ep else 0.0
+            self.metrics.completed(ack, cost=cost)
+            if not job.future.done():
+                job.future.set_result(ack)
+
+    async def _async_worker(self) -> None:
+        """Deliver durable (async-mode) messages in priority order and write
+        their final acks."""
+        assert self._async_wakeup is not None
+        while True:
+            msg, expired = self._async_backlog.pop()
+            for m in expired:
+                await self._finish_async(m, _expired_ack(m))  # type: ignore[arg-type]
+            if msg is None:
+                self._async_wakeup.clear()
+                await self._async_wakeup.wait()
+                continue
+            assert isinstance(msg, AIMessage)
+            try:
+                ack = await self._run(msg)
+            except AiMeshError as e:
+                ack = _error_ack(msg, e)
+                ack.status = AckStatus.FAILED
+            await self._finish_async(msg, ack)
+
+    async def _finish_async(self, msg: AIMessage, ack: Acknowledgment) -> None:
+        for attempt in range(5):
+            try:
+                await self.storage.complete_message(msg.message_id, ack)
+                return
+            except ServiceUnavailableError:
+                await asyncio.sleep(0.2 * (attempt + 1))
+        log.error("could not record the ack of %s; it stays pending", msg.message_id)
+
+    async def _record_sync(self, msg: AIMessage, ack: Acknowledgment) -> None:
+        """Keep sync-mode messages queryable by id (not on the answer path)."""
+        with contextlib.suppress(AiMeshError):
+            await self.storage.put_message(msg, body_hash(msg), status=ack.status, ack=ack)
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _require_started(self) -> None:
+        if not self._started:
+            raise ServiceUnavailableError("not_started", "call `await mesh.start()` first")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def ready(self) -> bool:
+        return self._started and not self._draining
+
+
+def _consume_exception(fut: asyncio.Future[Any]) -> None:
+    # A single-flight future may fail with nobody waiting on it.
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _ceil_retry(seconds: float) -> float:
+    return max(0.001, round(seconds, 3))
+
+
+def _error_ack(msg: AIMessage, e: AiMeshError) -> Acknowledgment:
+    return Acknowledgment(
+        original_message_id=msg.message_id,
+        status=AckStatus.REJECTED,
+        error=e.message,
+        error_code=e.code,
+        retry_after_s=e.retry_after or 0.0,
+        trace_id=msg.trace_id,
+    )
+
+
+def _expired_ack(msg: AIMessage) -> Acknowledgment:
+    return Acknowledgment(
+        original_message_id=msg.message_id,
+        status=AckStatus.FAILED,
+        error="deadline passed before delivery",
+        error_code="deadline_exceeded",
+        trace_id=msg.trace_id,
+    )

@@ -1,0 +1,90 @@
+"""The AiMesh server: HTTP (and later QUIC) adapters over one Mesh."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import suppress
+
+import httpx
+import uvicorn
+
+from aimesh.config import AiMeshConfig, SimulatorConfig, is_loopback, parse_addr
+from aimesh.mesh import AiMesh
+from aimesh.server.app import create_app
+
+__all__ = ["create_app", "serve"]
+
+log = logging.getLogger("aimesh.server")
+
+
+def start_simulators(sims: list[SimulatorConfig]) -> list[subprocess.Popen[bytes]]:
+    """Start the upstream simulators a demo config asks for, and wait until
+    each answers ``/health``."""
+    procs = []
+    for sim in sims:
+        cmd = [
+            sys.executable,
+            "-m",
+            "aimesh.sim",
+            "--host",
+            sim.host,
+            "--port",
+            str(sim.port),
+            *sim.args,
+        ]
+        procs.append(subprocess.Popen(cmd))
+    for sim, proc in zip(sims, procs, strict=True):
+        url = f"http://{sim.host}:{sim.port}/health"
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"simulator on port {sim.port} exited with {proc.returncode}")
+            with suppress(httpx.HTTPError):
+                if httpx.get(url, timeout=0.5).status_code == 200:
+                    break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"simulator on port {sim.port} did not start")
+        log.info("upstream simulator listening on %s:%d", sim.host, sim.port)
+    return procs
+
+
+def serve(config: AiMeshConfig | None = None) -> None:
+    """Run the server until SIGINT/SIGTERM, then drain in-flight messages."""
+    cfg = config or AiMeshConfig.load()
+    host, port = parse_addr(cfg.bind_addr)
+    admin_open = is_loopback(host) and not cfg.admin_key
+    if not is_loopback(host) and not cfg.admin_key:
+        log.warning(
+            "bound to %s without AIMESH_ADMIN_KEY: endpoint and budget changes are disabled", host
+        )
+    procs = start_simulators(cfg.simulators) if cfg.simulators else []
+    try:
+        mesh = AiMesh(cfg)
+        app = create_app(mesh, admin_open=admin_open)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                log_level=os.environ.get("AIMESH_LOG_LEVEL", "info").lower(),
+                access_log=False,
+                timeout_graceful_shutdown=15,
+                limit_concurrency=None,
+                h11_max_incomplete_event_size=64 * 1024,
+                server_header=False,
+            )
+        )
+        asyncio.run(server.serve())
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            with suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=5)

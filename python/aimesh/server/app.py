@@ -1,0 +1,354 @@
+"""The HTTP API: a thin Starlette adapter over :class:`aimesh.mesh.AiMesh`.
+
+JSON (hex payloads) and ``application/x-protobuf`` carry the same messages.
+Every error is ``{"error": {"code", "message"}}`` with a 4xx/5xx status;
+bodies over the limit are refused before they are read whole.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from aimesh import _native
+from aimesh.errors import (
+    AiMeshError,
+    AuthenticationError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    ValidationError,
+)
+from aimesh.mesh import AiMesh
+from aimesh.models import Acknowledgment, AckStatus, AIMessage, EndpointMetrics
+from aimesh.router import decision_to_json
+from aimesh.server import protobuf as pb
+from aimesh.server.openapi import openapi_spec
+
+log = logging.getLogger("aimesh.server")
+
+PROTOBUF = "application/x-protobuf"
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class ORJSONResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_response(err: AiMeshError) -> Response:
+    headers = {}
+    if err.retry_after is not None:
+        # Retry-After is whole seconds; never tell a client to retry at once.
+        headers["Retry-After"] = str(max(1, int(-(-err.retry_after // 1))))
+    return ORJSONResponse(err.to_dict(), status_code=err.status, headers=headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read the body, refusing it (413) as soon as it exceeds ``limit`` —
+    from Content-Length if given, else while streaming."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise ValidationError("invalid_content_length", "Content-Length must be an integer")
+        if int(length) > limit:
+            raise PayloadTooLargeError(
+                "body_too_large", f"request body of {length} bytes exceeds {limit} bytes"
+            )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError("body_too_large", f"request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> Any:
+    if not body:
+        raise ValidationError("empty_body", "a JSON body is required")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise ValidationError("invalid_json", f"body is not valid JSON: {e}") from None
+
+
+def is_protobuf(request: Request) -> bool:
+    return request.headers.get("content-type", "").split(";")[0].strip() == PROTOBUF
+
+
+def wants_protobuf(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return PROTOBUF in accept or (is_protobuf(request) and "json" not in accept)
+
+
+class HttpApi:
+    """Routes of the HTTP API bound to one Mesh."""
+
+    def __init__(self, mesh: AiMesh, *, admin_open: bool) -> None:
+        self.mesh = mesh
+        # True only when bound to loopback without an admin key (local dev).
+        self.admin_open = admin_open
+
+    # -- auth -------------------------------------------------------------------
+
+    def require_admin(self, request: Request) -> None:
+        key = self.mesh.config.admin_key
+        if not key:
+            if self.admin_open:
+                return
+            raise PermissionDeniedError(
+                "admin_key_required",
+                "admin operations are disabled on a public address unless AIMESH_ADMIN_KEY is set",
+            )
+        given = _bearer(request)
+        if given is None:
+            raise AuthenticationError("missing_api_key", "Authorization: Bearer <admin key> required")
+        if not _constant_time_eq(given, key):
+            raise AuthenticationError("invalid_api_key", "the admin key is not valid")
+
+    # -- messages ---------------------------------------------------------------
+
+    async def read_message(self, request: Request) -> AIMessage:
+        body = await read_body(request, self.mesh.config.max_body_bytes)
+        if is_protobuf(request):
+            return pb.message_from_protobuf(body)
+        return AIMessage.from_json_dict(parse_json(body))
+
+    def ack_response(self, request: Request, ack: Acknowledgment, status: int = 200) -> Response:
+        if wants_protobuf(request):
+            return Response(pb.ack_to_protobuf(ack), status_code=status, media_type=PROTOBUF)
+        return ORJSONResponse(ack.to_json_dict(), status_code=status)
+
+    async def post_message(self, request: Request) -> Response:
+        msg = await self.read_message(request)
+        mode = request.query_params.get("mode", "sync")
+        if mode == "async":
+            ack = await self.mesh.submit(msg)
+            return self.ack_response(request, ack, status=202)
+        if mode != "sync":
+            raise ValidationError("invalid_mode", "mode must be sync or async")
+        ack = await self.mesh.process_message(msg)
+        return self.ack_response(request, ack)
+
+    async def post_batch(self, request: Request) -> Response:
+        body = await read_body(request, self.mesh.config.max_batch_body_bytes)
+        if is_protobuf(request):
+            messages = pb.batch_from_protobuf(body)
+        else:
+            data = parse_json(body)
+            if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
+                raise ValidationError("invalid_body", 'body must be {"messages": [...]}')
+            messages = [AIMessage.from_json_dict(m) for m in data["messages"]]
+        limit = self.mesh.config.max_batch_messages
+        if len(messages) > limit:
+            raise ValidationError("batch_too_large", f"a batch holds at most {limit} messages")
+        if request.query_params.get("mode") == "async":
+            acks = []
+            for m in messages:
+                try:
+                    acks.append(await self.mesh.submit(m))
+                except AiMeshError as e:
+                    acks.append(_rejected(m, e))
+        else:
+            acks = await self.mesh.process_batch(messages)
+        if wants_protobuf(request):
+            return Response(pb.acks_to_protobuf(acks), media_type=PROTOBUF)
+        return ORJSONResponse({"acknowledgments": [a.to_json_dict() for a in acks]})
+
+    async def get_message(self, request: Request) -> Response:
+        return ORJSONResponse(await self.mesh.get_message(request.path_params["message_id"]))
+
+    async def post_route(self, request: Request) -> Response:
+        msg = await self.read_message(request)
+        decision = self.mesh.route(msg)
+        return ORJSONResponse(decision_to_json(decision, msg.message_id))
+
+    # -- endpoints --------------------------------------------------------------
+
+    async def post_endpoint(self, request: Request) -> Response:
+        self.require_admin(request)
+        body = await read_body(request, 64 * 1024)
+        ep = EndpointMetrics.from_json_dict(parse_json(body))
+        existed = ep.endpoint_id in self.mesh.endpoints
+        await self.mesh.add_endpoint(ep)
+        return ORJSONResponse(self.mesh.endpoint_view(ep.endpoint_id), status_code=200 if existed else 201)
+
+    async def list_endpoints(self, request: Request) -> Response:
+        views = [self.mesh.endpoint_view(i) for i in sorted(self.mesh.endpoints)]
+        return ORJSONResponse({"endpoints": views})
+
+    async def get_endpoint(self, request: Request) -> Response:
+        return ORJSONResponse(self.mesh.endpoint_view(request.path_params["endpoint_id"]))
+
+    async def delete_endpoint(self, request: Request) -> Response:
+        self.require_admin(request)
+        await self.mesh.remove_endpoint(request.path_params["endpoint_id"])
+        return Response(status_code=204)
+
+    # -- budgets ----------------------------------------------------------------
+
+    async def post_budget(self, request: Request) -> Response:
+        self.require_admin(request)
+        data = parse_json(await read_body(request, 64 * 1024))
+        if not isinstance(data, dict):
+            raise ValidationError("invalid_body", "a budget must be a JSON object")
+        agent_id = data.get("agent_id")
+        tokens = data.get("tokens")
+        if not isinstance(agent_id, str):
+            raise ValidationError("invalid_agent_id", "agent_id is required")
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+            raise ValidationError("invalid_tokens", "tokens must be a non-negative integer")
+        reset_at = _opt_epoch(data, "reset_at")
+        period_s = _opt_epoch(data, "period_s")
+        info = await self.mesh.set_budget(agent_id, tokens, reset_at, period_s)
+        return ORJSONResponse(info.to_json_dict(), status_code=201)
+
+    async def get_budget(self, request: Request) -> Response:
+        info = await self.mesh.get_budget(request.path_params["agent_id"])
+        return ORJSONResponse(info.to_json_dict())
+
+    async def reset_budget(self, request: Request) -> Response:
+        self.require_admin(request)
+        info = await self.mesh.reset_budget(request.path_params["agent_id"])
+        return ORJSONResponse(info.to_json_dict())
+
+    # -- observability ------------------------------------------------------------
+
+    async def stats(self, request: Request) -> Response:
+        return ORJSONResponse(self.mesh.metrics.stats())
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(
+            self.mesh.metrics.prometheus_text(),
+            media_type="text/plain; version=0.0.4; charset=utf-8",
+        )
+
+    async def health(self, request: Request) -> Response:
+        return ORJSONResponse({"status": "ok", "version": _native.__version__})
+
+    async def ready(self, request: Request) -> Response:
+        if not self.mesh.ready:
+            return ORJSONResponse({"status": "not_ready"}, status_code=503)
+        ok = await self.mesh.storage.healthy()
+        routable = [s for s in self.mesh.router.endpoints() if s.health != "unhealthy"]
+        body = {
+            "status": "ready" if ok else "storage_unavailable",
+            "storage": ok,
+            "endpoints": len(self.mesh.endpoints),
+            "routable_endpoints": len(routable),
+        }
+        return ORJSONResponse(body, status_code=200 if ok else 503)
+
+    async def openapi(self, request: Request) -> Response:
+        return ORJSONResponse(openapi_spec())
+
+
+def _rejected(msg: AIMessage, e: AiMeshError) -> Acknowledgment:
+    return Acknowledgment(
+        original_message_id=msg.message_id,
+        status=AckStatus.REJECTED,
+        error=e.message,
+        error_code=e.code,
+        retry_after_s=e.retry_after or 0.0,
+    )
+
+
+def _opt_epoch(data: dict[str, Any], name: str) -> int | None:
+    v = data.get(name)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValidationError(f"invalid_{name}", f"{name} must be a non-negative integer (seconds)")
+    return v
+
+
+def _bearer(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def _constant_time_eq(a: str, b: str) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+def _wrap(handler: Handler) -> Handler:
+    """Turn AiMesh errors into JSON error responses; anything unexpected is
+    logged and answered 500 without internals."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except AiMeshError as e:
+            return error_response(e)
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+            return error_response(AiMeshError("internal_error", "internal server error"))
+
+    return endpoint
+
+
+def create_app(mesh: AiMesh, *, admin_open: bool = False, manage_lifecycle: bool = True) -> Starlette:
+    """The ASGI app for ``mesh``. With ``manage_lifecycle`` the app starts
+    and closes the Mesh with the server (lifespan)."""
+    api = HttpApi(mesh, admin_open=admin_open)
+    routes = [
+        Route("/messages", _wrap(api.post_message), methods=["POST"]),
+        Route("/messages/batch", _wrap(api.post_batch), methods=["POST"]),
+        Route("/messages/{message_id}", _wrap(api.get_message), methods=["GET"]),
+        Route("/route", _wrap(api.post_route), methods=["POST"]),
+        Route("/endpoints", _wrap(api.post_endpoint), methods=["POST"]),
+        Route("/endpoints", _wrap(api.list_endpoints), methods=["GET"]),
+        Route("/endpoints/{endpoint_id:path}", _wrap(api.get_endpoint), methods=["GET"]),
+        Route("/endpoints/{endpoint_id:path}", _wrap(api.delete_endpoint), methods=["DELETE"]),
+        Route("/budgets", _wrap(api.post_budget), methods=["POST"]),
+        Route("/budgets/{agent_id}", _wrap(api.get_budget), methods=["GET"]),
+        Route("/budgets/{agent_id}/reset", _wrap(api.reset_budget), methods=["POST"]),
+        Route("/stats", _wrap(api.stats), methods=["GET"]),
+        Route("/metrics", _wrap(api.metrics), methods=["GET"]),
+        Route("/health", _wrap(api.health), methods=["GET"]),
+        Route("/ready", _wrap(api.ready), methods=["GET"]),
+        Route("/openapi.json", _wrap(api.openapi), methods=["GET"]),
+    ]
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return error_response(NotFoundError("route_not_found", f"no route {request.url.path}"))
+
+    async def not_allowed(request: Request, exc: Exception) -> Response:
+        err = AiMeshError("method_not_allowed", f"{request.method} is not allowed here")
+        err.status = 405
+        return error_response(err)
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        if manage_lifecycle:
+            await mesh.start()
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                await mesh.close()
+
+    app = Starlette(
+        routes=routes,
+        exception_handlers={404: not_found, 405: not_allowed},
+        lifespan=lifespan,
+    )
+    app.state.mesh = mesh
+    return app
