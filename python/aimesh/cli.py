@@ -11,6 +11,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import httpx
+
 from aimesh.errors import AiMeshError
 
 DEFAULT_URL = "http://127.0.0.1:9000"
@@ -242,6 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except httpx.TransportError as e:
+        print(f"error: cannot reach the server at {getattr(args, 'url', '?')}: {e}", file=sys.stderr)
+        return 1
     except OSError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
