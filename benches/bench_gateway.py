@@ -21,9 +21,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadgen import closed_loop, open_loop  # noqa: E402
+from loadgen import closed_loop, open_loop
 
-from tests.gateway import make_gateway, start_sim  # noqa: E402
+from tests.gateway import make_gateway, start_sim
 
 
 def _pin(pid: int, cpu: int) -> None:
@@ -73,16 +73,26 @@ def run(h) -> None:  # type: ignore[no-untyped-def]
             sync = asyncio.run(
                 closed_loop(gw.url, lambda i: _message_body(offset + i), "/messages", 64, seconds)
             )
-            h.record("POST /messages max rps (sync, delivered)", sync.rps, "req/s",
-                     errors=sync.errors, p99_ms=sync.hist.p99)
+            h.record(
+                "POST /messages max rps (sync, delivered)",
+                sync.rps,
+                "req/s",
+                errors=sync.errors,
+                p99_ms=sync.hist.p99,
+            )
             offset = 20_000_000
             asy = asyncio.run(
                 closed_loop(
                     gw.url, lambda i: _message_body(offset + i), "/messages?mode=async", 64, seconds
                 )
             )
-            h.record("POST /messages?mode=async intake rps (on disk)", asy.rps, "req/s",
-                     errors=asy.errors, p99_ms=asy.hist.p99)
+            h.record(
+                "POST /messages?mode=async intake rps (on disk)",
+                asy.rps,
+                "req/s",
+                errors=asy.errors,
+                p99_ms=asy.hist.p99,
+            )
         finally:
             gw.stop()
             sim.stop()

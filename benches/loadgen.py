@@ -79,7 +79,11 @@ async def _connect(url: str) -> _Conn:
 
 
 async def closed_loop(
-    url: str, make_body: callable, path: str, connections: int, seconds: float  # type: ignore[valid-type]
+    url: str,
+    make_body: callable,
+    path: str,
+    connections: int,
+    seconds: float,  # type: ignore[valid-type]
 ) -> LoadResult:
     res = LoadResult()
     stop_at = time.perf_counter() + seconds
@@ -107,7 +111,12 @@ async def closed_loop(
 
 
 async def open_loop(
-    url: str, make_body: callable, path: str, rate: float, seconds: float, connections: int = 64  # type: ignore[valid-type]
+    url: str,
+    make_body: callable,
+    path: str,
+    rate: float,
+    seconds: float,
+    connections: int = 64,  # type: ignore[valid-type]
 ) -> LoadResult:
     """Send ``rate`` requests/s for ``seconds`` over a pool of connections."""
     res = LoadResult()

@@ -12,7 +12,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
-from harness import Harness  # noqa: E402
+from harness import Harness
 
 
 def main() -> int:

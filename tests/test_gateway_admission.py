@@ -67,7 +67,9 @@ def test_per_message_budget_cap(sims, gateways):
 
 def test_rate_limit_429_with_retry_after_and_never_above_rate(sims, gateways):
     sim = sims("--latency-ms", "1")
-    gw = gateways([openai_endpoint(sim, "sim")], limits={"rate_limit_rps": 5, "rate_limit_burst": 5})
+    gw = gateways(
+        [openai_endpoint(sim, "sim")], limits={"rate_limit_rps": 5, "rate_limit_burst": 5}
+    )
     statuses = []
     retry_after = []
     with gw.client() as c:

@@ -7,11 +7,11 @@ import time
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 from aimesh.models import AIMessage
 from aimesh.proto import aimesh_pb2 as pb2
 from aimesh.server import protobuf as pb
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.conftest import openai_endpoint
 
 FUTURE_MS = int(time.time() * 1000) + 3_600_000
@@ -33,8 +33,11 @@ INVALID = [
     ({"agent_id": "a", "payload_text": "x", "priority": "high"}, 400, "invalid_priority"),
     ({"agent_id": "a", "payload_text": "x", "metadata": {"k": 1}}, 400, "invalid_metadata"),
     ({"agent_id": "a", "payload_text": "x", "dependencies": "d"}, 400, "invalid_dependencies"),
-    ({"agent_id": "a", "payload_text": "x", "estimated_cost_tokens": -1}, 400,
-     "invalid_estimated_cost_tokens"),
+    (
+        {"agent_id": "a", "payload_text": "x", "estimated_cost_tokens": -1},
+        400,
+        "invalid_estimated_cost_tokens",
+    ),
     ({"agent_id": 7, "payload_text": "x"}, 400, "invalid_agent_id"),
     ([1, 2], 400, "invalid_body"),
 ]
@@ -56,11 +59,15 @@ def test_every_validation_rule_has_its_code(gw):
         r = c.post("/messages", content=b"")
         assert (r.status_code, r.json()["error"]["code"]) == (400, "empty_body")
         r = c.post(
-            "/messages", content=b"\xff\x00garbage", headers={"content-type": "application/x-protobuf"}
+            "/messages",
+            content=b"\xff\x00garbage",
+            headers={"content-type": "application/x-protobuf"},
         )
         assert r.status_code == 400
         assert r.json()["error"]["code"] == "invalid_protobuf"
-        ok = c.post("/messages", json={"agent_id": "a", "payload_text": "x", "deadline_ms": FUTURE_MS})
+        ok = c.post(
+            "/messages", json={"agent_id": "a", "payload_text": "x", "deadline_ms": FUTURE_MS}
+        )
         assert ok.status_code == 200
 
 
@@ -93,8 +100,12 @@ def test_protobuf_in_and_out(gw):
         assert ack.status == pb2.ACK_STATUS_PROCESSED
         assert ack.original_message_id == msg.message_id
         assert ack.tokens_used > 0
-        batch = pb.batch_to_protobuf([AIMessage(agent_id="p", payload=f"b{i}".encode()) for i in range(3)])
-        r = c.post("/messages/batch", content=batch, headers={"content-type": "application/x-protobuf"})
+        batch = pb.batch_to_protobuf(
+            [AIMessage(agent_id="p", payload=f"b{i}".encode()) for i in range(3)]
+        )
+        r = c.post(
+            "/messages/batch", content=batch, headers={"content-type": "application/x-protobuf"}
+        )
         acks = pb.acks_from_protobuf(r.content)
         assert [a.status.value for a in acks] == ["success"] * 3
 
@@ -122,8 +133,16 @@ def test_endpoints_api(gw, sims):
     with gw.client() as c:
         eps = c.get("/endpoints").json()["endpoints"]
         assert [e["endpoint_id"] for e in eps] == ["sim"]
-        r = c.post("/endpoints", json={"endpoint_id": extra.url, "group": "gpt-4o", "capacity": 8,
-                                       "health_status": "HEALTHY", "cost_per_1k_tokens": 0.01})
+        r = c.post(
+            "/endpoints",
+            json={
+                "endpoint_id": extra.url,
+                "group": "gpt-4o",
+                "capacity": 8,
+                "health_status": "HEALTHY",
+                "cost_per_1k_tokens": 0.01,
+            },
+        )
         assert r.status_code == 201, r.text
         assert r.json()["url"] == extra.url
         assert r.json()["health_status"] == "healthy"
@@ -182,8 +201,12 @@ def test_metrics_parse_and_stats(gw):
         stats = c.get("/stats").json()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     msgs = families["aimesh_messages"]
-    success = [s for s in msgs.samples if s.name == "aimesh_messages_total"
-               and s.labels == {"status": "success", "endpoint": "sim"}]
+    success = [
+        s
+        for s in msgs.samples
+        if s.name == "aimesh_messages_total"
+        and s.labels == {"status": "success", "endpoint": "sim"}
+    ]
     assert success and success[0].value == 5
     assert "aimesh_processing_latency_seconds" in families
     assert "aimesh_queue_depth" in families
@@ -198,7 +221,19 @@ def test_metrics_parse_and_stats(gw):
 def test_openapi_lists_every_route(gw):
     with gw.client() as c:
         spec = c.get("/openapi.json").json()
-    for path in ["/messages", "/messages/batch", "/messages/{message_id}", "/route", "/endpoints",
-                 "/endpoints/{endpoint_id}", "/budgets", "/budgets/{agent_id}",
-                 "/budgets/{agent_id}/reset", "/stats", "/metrics", "/health", "/ready"]:
+    for path in [
+        "/messages",
+        "/messages/batch",
+        "/messages/{message_id}",
+        "/route",
+        "/endpoints",
+        "/endpoints/{endpoint_id}",
+        "/budgets",
+        "/budgets/{agent_id}",
+        "/budgets/{agent_id}/reset",
+        "/stats",
+        "/metrics",
+        "/health",
+        "/ready",
+    ]:
         assert path in spec["paths"], path

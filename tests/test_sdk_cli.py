@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from aimesh import (
     AiMeshClient,
     AsyncAiMeshClient,
@@ -21,6 +20,7 @@ from aimesh import (
     RateLimitError,
     ValidationError,
 )
+
 from tests.conftest import openai_endpoint
 from tests.gateway import make_gateway
 
@@ -56,7 +56,9 @@ def test_readme_embedded_example_runs_as_written():
     blocks = [b for b in readme_blocks() if "AiMesh(AiMeshConfig())" in b]
     assert blocks, "README has no embedded example"
     for block in blocks:
-        out = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-c", block], capture_output=True, text=True, timeout=60
+        )
         assert out.returncode == 0, out.stderr
         assert "gpt-4" in out.stdout
 
@@ -72,7 +74,9 @@ def gw(sims, gateways):
 def test_sync_client_methods_and_errors(gw, sims):
     with AiMeshClient(gw.url) as client:
         assert client.health()["status"] == "ok"
-        ack = client.send_message(Message(agent_id="sdk", payload=b"hi", metadata={"model": "gpt-4o"}))
+        ack = client.send_message(
+            Message(agent_id="sdk", payload=b"hi", metadata={"model": "gpt-4o"})
+        )
         assert ack.status.value == "success"
         assert ack.result_text
         assert client.route(Message(agent_id="sdk", payload=b"x"))["target_endpoint"] == "sim"
@@ -84,7 +88,9 @@ def test_sync_client_methods_and_errors(gw, sims):
         assert info.remaining_tokens == 50
         assert client.get_budget("sdk-budget").initial_tokens == 50
         with pytest.raises(BudgetExceededError) as e:
-            client.send_message(Message(agent_id="sdk-budget", payload=b"x", estimated_cost_tokens=60))
+            client.send_message(
+                Message(agent_id="sdk-budget", payload=b"x", estimated_cost_tokens=60)
+            )
         assert e.value.code == "budget_exceeded"
         assert client.reset_budget("sdk-budget").remaining_tokens == 50
         with pytest.raises(ValidationError) as v:
@@ -100,8 +106,9 @@ def test_sync_client_methods_and_errors(gw, sims):
         assert "aimesh_messages_total" in client.get_metrics()
         mid = client.send_message(Message(agent_id="later", payload=b"q"), mode="async")
         assert mid.status.value == "received"
-        acks = client.send_batch([Message(agent_id="batch", payload=b"1"),
-                                  Message(agent_id="batch", payload=b"2")])
+        acks = client.send_batch(
+            [Message(agent_id="batch", payload=b"1"), Message(agent_id="batch", payload=b"2")]
+        )
         assert [a.status.value for a in acks] == ["success", "success"]
 
 
@@ -130,7 +137,9 @@ def test_cli_commands(gw, sims):
     out = run_cli(gw.url, "route", "--agent", "cli", "where to?")
     assert json.loads(out.stdout)["target_endpoint"] == "sim"
     extra = sims()
-    out = run_cli(gw.url, "endpoints", "add", "cli-ep", "--endpoint-url", extra.url, "--cost", "0.5")
+    out = run_cli(
+        gw.url, "endpoints", "add", "cli-ep", "--endpoint-url", extra.url, "--cost", "0.5"
+    )
     assert out.returncode == 0, out.stderr
     out = run_cli(gw.url, "endpoints", "list")
     assert {e["endpoint_id"] for e in json.loads(out.stdout)} == {"sim", "cli-ep"}
@@ -145,7 +154,9 @@ def test_cli_commands(gw, sims):
     assert "budget_not_found" in out.stderr
     out = run_cli(gw.url, "stats")
     assert json.loads(out.stdout)["messages"]["success"] >= 1
-    out = subprocess.run([sys.executable, "-m", "aimesh.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "aimesh.cli", "--help"], capture_output=True, text=True
+    )
     assert out.returncode == 0
     for command in ("serve", "sim", "send", "route", "endpoints", "budgets", "stats"):
         assert command in out.stdout

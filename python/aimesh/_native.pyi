@@ -358,7 +358,9 @@ class PriorityQueue:
     def pop(self, now_ms: int | None = None) -> tuple[object | None, list[object]]:
         """``(item, expired)``: the best unexpired item (or None when empty)
         and the items skipped because their deadline passed (removed)."""
-    def pop_many(self, max_items: int, now_ms: int | None = None) -> tuple[list[object], list[object]]:
+    def pop_many(
+        self, max_items: int, now_ms: int | None = None
+    ) -> tuple[list[object], list[object]]:
         """Up to ``max_items`` items in order, plus the expired ones skipped."""
     def remove(self, seq: int) -> bool:
         """Drop a queued item by sequence number (cancellation)."""
@@ -370,7 +372,9 @@ class PriorityQueue:
 def blake3_hex(data: _Buffer) -> str:
     """Hex blake3 digest of ``data``."""
 
-def dedup_key(agent_id: str, payload: _Buffer, dedup_context: str = "", namespace: str = "") -> bytes:
+def dedup_key(
+    agent_id: str, payload: _Buffer, dedup_context: str = "", namespace: str = ""
+) -> bytes:
     """32-byte blake3 key of (namespace, agent_id, dedup_context, payload),
     each length-prefixed so distinct tuples never collide by
     concatenation. The payload is hashed in place, without a copy."""
@@ -381,7 +385,9 @@ class DedupTable:
     (oldest evicted first). Thread-safe."""
 
     def __init__(self, ttl_s: float, max_entries: int = 1_000_000) -> None: ...
-    def insert_if_absent(self, key: bytes, value: object, now: float | None = None) -> tuple[bool, object]:
+    def insert_if_absent(
+        self, key: bytes, value: object, now: float | None = None
+    ) -> tuple[bool, object]:
         """``(True, value)`` if the key was new (now stored), else
         ``(False, existing)`` for a live entry."""
     def get(self, key: bytes, now: float | None = None) -> object | None: ...

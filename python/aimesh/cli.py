@@ -154,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def client_opts(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--url", default=os.environ.get("AIMESH_URL", DEFAULT_URL), help="server URL")
+        p.add_argument(
+            "--url", default=os.environ.get("AIMESH_URL", DEFAULT_URL), help="server URL"
+        )
         p.add_argument("--api-key", default=None, help="bearer key (default: $AIMESH_API_KEY)")
         p.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
 
@@ -245,7 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except httpx.TransportError as e:
-        print(f"error: cannot reach the server at {getattr(args, 'url', '?')}: {e}", file=sys.stderr)
+        print(
+            f"error: cannot reach the server at {getattr(args, 'url', '?')}: {e}", file=sys.stderr
+        )
         return 1
     except OSError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -214,7 +214,9 @@ class AiMeshClient:
         message is on disk."""
         return self._do(_Calls.send_message(message, mode))
 
-    def send_batch(self, messages: Sequence[AIMessage], *, mode: str = "sync") -> list[Acknowledgment]:
+    def send_batch(
+        self, messages: Sequence[AIMessage], *, mode: str = "sync"
+    ) -> list[Acknowledgment]:
         return self._do(_Calls.send_batch(messages, mode))
 
     def get_message(self, message_id: str) -> dict[str, Any]:

@@ -145,11 +145,15 @@ class _LiveCollector(Collector):
         depth = GaugeMetricFamily("aimesh_queue_depth", "Messages waiting for delivery.")
         depth.add_metric([], len(mesh.queue))
         yield depth
-        load = GaugeMetricFamily("aimesh_endpoint_load", "In-flight deliveries.", labels=["endpoint"])
+        load = GaugeMetricFamily(
+            "aimesh_endpoint_load", "In-flight deliveries.", labels=["endpoint"]
+        )
         p99 = GaugeMetricFamily(
             "aimesh_endpoint_latency_p99_seconds", "Live P99 latency.", labels=["endpoint"]
         )
-        err = GaugeMetricFamily("aimesh_endpoint_error_rate", "Live error rate.", labels=["endpoint"])
+        err = GaugeMetricFamily(
+            "aimesh_endpoint_error_rate", "Live error rate.", labels=["endpoint"]
+        )
         up = GaugeMetricFamily(
             "aimesh_endpoint_healthy", "1 if the endpoint is routable.", labels=["endpoint"]
         )
@@ -169,7 +173,9 @@ class _LiveCollector(Collector):
             "aimesh_budget_remaining_tokens", "Remaining budget per agent.", labels=["agent"]
         )
         reserved = GaugeMetricFamily(
-            "aimesh_budget_reserved_tokens", "Tokens reserved by in-flight messages.", labels=["agent"]
+            "aimesh_budget_reserved_tokens",
+            "Tokens reserved by in-flight messages.",
+            labels=["agent"],
         )
         for b in budgets:
             remaining.add_metric([b.agent_id], b.remaining_tokens)

@@ -246,7 +246,7 @@ class AIMessage:
             dedup_context=_str(d, "dedup_context", limit=4096),
             trace_id=_str(d, "trace_id"),
             metadata=_str_map(d, "metadata"),
-            timestamp=time.time_ns() if not timestamp else timestamp,
+            timestamp=timestamp or time.time_ns(),
         )
 
 

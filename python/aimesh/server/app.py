@@ -112,7 +112,9 @@ class HttpApi:
             )
         given = _bearer(request)
         if given is None:
-            raise AuthenticationError("missing_api_key", "Authorization: Bearer <admin key> required")
+            raise AuthenticationError(
+                "missing_api_key", "Authorization: Bearer <admin key> required"
+            )
         if not _constant_time_eq(given, key):
             raise AuthenticationError("invalid_api_key", "the admin key is not valid")
 
@@ -181,7 +183,9 @@ class HttpApi:
         ep = EndpointMetrics.from_json_dict(parse_json(body))
         existed = ep.endpoint_id in self.mesh.endpoints
         await self.mesh.add_endpoint(ep)
-        return ORJSONResponse(self.mesh.endpoint_view(ep.endpoint_id), status_code=200 if existed else 201)
+        return ORJSONResponse(
+            self.mesh.endpoint_view(ep.endpoint_id), status_code=200 if existed else 201
+        )
 
     async def list_endpoints(self, request: Request) -> Response:
         views = [self.mesh.endpoint_view(i) for i in sorted(self.mesh.endpoints)]
@@ -302,7 +306,9 @@ def _wrap(handler: Handler) -> Handler:
     return endpoint
 
 
-def create_app(mesh: AiMesh, *, admin_open: bool = False, manage_lifecycle: bool = True) -> Starlette:
+def create_app(
+    mesh: AiMesh, *, admin_open: bool = False, manage_lifecycle: bool = True
+) -> Starlette:
     """The ASGI app for ``mesh``. With ``manage_lifecycle`` the app starts
     and closes the Mesh with the server (lifespan)."""
     api = HttpApi(mesh, admin_open=admin_open)

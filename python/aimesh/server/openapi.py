@@ -198,7 +198,9 @@ def openapi_spec() -> dict[str, Any]:
                         {
                             "type": "object",
                             "required": ["messages"],
-                            "properties": {"messages": {"type": "array", "items": _ref("AIMessage")}},
+                            "properties": {
+                                "messages": {"type": "array", "items": _ref("AIMessage")}
+                            },
                         }
                     ),
                     "responses": {
@@ -306,16 +308,33 @@ def openapi_spec() -> dict[str, Any]:
                     },
                 }
             },
-            "/stats": {"get": {"summary": "Counts, tokens, cost, latency percentiles", "responses": {"200": {"description": "OK"}}}},
-            "/metrics": {"get": {"summary": "Prometheus text format", "responses": {"200": {"description": "OK"}}}},
-            "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "OK"}}}},
+            "/stats": {
+                "get": {
+                    "summary": "Counts, tokens, cost, latency percentiles",
+                    "responses": {"200": {"description": "OK"}},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus text format",
+                    "responses": {"200": {"description": "OK"}},
+                }
+            },
+            "/health": {
+                "get": {"summary": "Liveness", "responses": {"200": {"description": "OK"}}}
+            },
             "/ready": {
                 "get": {
                     "summary": "Readiness (storage reachable, started)",
-                    "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}},
+                    "responses": {
+                        "200": {"description": "Ready"},
+                        "503": {"description": "Not ready"},
+                    },
                 }
             },
-            "/openapi.json": {"get": {"summary": "This spec", "responses": {"200": {"description": "OK"}}}},
+            "/openapi.json": {
+                "get": {"summary": "This spec", "responses": {"200": {"description": "OK"}}}
+            },
         },
     }
 
