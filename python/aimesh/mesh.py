@@ -101,6 +101,9 @@ class AiMesh:
             breaker_cooldown_s=cfg.breaker_cooldown_s,
         )
         self.endpoints: dict[str, EndpointMetrics] = {}
+        # Last known budget of each agent, for the Prometheus gauges (a
+        # scrape must not wait on storage).
+        self.budget_cache: dict[str, BudgetInfo] = {}
         self._storage = storage
         self._wakeup: asyncio.Event | None = None
         self._dispatcher: asyncio.Task[None] | None = None
@@ -227,16 +230,26 @@ class AiMesh:
         _native.validate_fields(agent_id, 1)
         if tokens < 0:
             raise AiMeshError("invalid_tokens", "tokens must be >= 0")
-        return await self.storage.set_budget(agent_id, tokens, reset_at, period_s)
+        return self._cache_budget(
+            await self.storage.set_budget(agent_id, tokens, reset_at, period_s)
+        )
 
     async def get_budget(self, agent_id: str) -> BudgetInfo:
         info = await self.storage.get_budget(agent_id)
         if info is None:
             raise NotFoundError("budget_not_found", f"no budget for agent {agent_id!r}")
-        return info
+        return self._cache_budget(info)
 
     async def reset_budget(self, agent_id: str) -> BudgetInfo:
-        return await self.storage.reset_budget(agent_id)
+        return self._cache_budget(await self.storage.reset_budget(agent_id))
+
+    def _cache_budget(self, info: BudgetInfo) -> BudgetInfo:
+        self.budget_cache[info.agent_id] = info
+        return info
+
+    def metrics_budgets(self) -> list[BudgetInfo]:
+        """Budgets as last seen (updated on every set, read and settle)."""
+        return list(self.budget_cache.values())
 
     # -- the pipeline -------------------------------------------------------------
 
@@ -490,7 +503,9 @@ class AiMesh:
         finally:
             # Settle even on cancellation so a reservation never leaks.
             with contextlib.suppress(Exception):
-                await asyncio.shield(self.storage.settle(job.reservation_id, used))
+                info = await asyncio.shield(self.storage.settle(job.reservation_id, used))
+                if info is not None:
+                    self._cache_budget(info)
             if ack is None:
                 ack = Acknowledgment(
                     original_message_id=msg.message_id,
