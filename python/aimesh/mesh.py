@@ -135,6 +135,14 @@ class AiMesh:
             self._storage = open_storage(Path(cfg.data_dir), durable=cfg.durable_sync)
         await self._storage.open()
         await self._storage.recover()
+        await self._storage.purge_expired()
+        loop = asyncio.get_running_loop()
+        # Duplicates of messages answered before a restart are still answered
+        # from their first result (the TTL restarts from now).
+        for rec in await self._storage.dedup_live(limit=100_000):
+            done: asyncio.Future[Acknowledgment] = loop.create_future()
+            done.set_result(rec.ack)
+            self.dedup.set(rec.key, done)
         for ep in await self._storage.list_endpoints():
             self.register_endpoint(ep)
         for b in cfg.budgets:
@@ -389,6 +397,7 @@ class AiMesh:
             done = loop.create_future()
             done.set_result(ack)
             self.dedup.set(key, done)
+            self._spawn(self.storage.dedup_put(key, msg.message_id, ack, self.config.dedup_ttl_s))
         else:
             self.dedup.remove(key)  # a failed message may be retried
         flight.set_result(ack)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from aimesh import _native
 from aimesh.errors import ValidationError
 
 #: Largest number of metadata entries and dependencies a message may carry.
@@ -190,6 +191,49 @@ class AIMessage:
         if self.estimated_cost_tokens is not None:
             return self.estimated_cost_tokens
         return estimate_tokens(len(self.payload))
+
+    def to_protobuf(self) -> bytes:
+        """The AIMessage protobuf (no length prefix), deterministic."""
+        return _native.encode_message(
+            agent_id=self.agent_id,
+            payload=self.payload,
+            message_id=self.message_id,
+            estimated_cost_tokens=self.estimated_cost_tokens,
+            budget_tokens=self.budget_tokens,
+            deadline_ms=self.deadline_ms,
+            task_graph_id=self.task_graph_id,
+            dependencies=self.dependencies,
+            priority=self.priority,
+            dedup_context=self.dedup_context,
+            trace_id=self.trace_id,
+            metadata=self.metadata,
+            timestamp=self.timestamp,
+        )
+
+    @classmethod
+    def from_view(cls, view: _native.MessageView) -> AIMessage:
+        """From a natively decoded view (defaults applied: a new message_id
+        when empty, priority 50 when absent)."""
+        return cls(
+            agent_id=view.agent_id,
+            payload=bytes(view.payload),
+            message_id=view.message_id or uuid7(),
+            estimated_cost_tokens=view.estimated_cost_tokens,
+            budget_tokens=view.budget_tokens,
+            deadline_ms=view.deadline_ms,
+            task_graph_id=view.task_graph_id,
+            dependencies=view.dependencies,
+            priority=50 if view.priority is None else view.priority,
+            dedup_context=view.dedup_context,
+            trace_id=view.trace_id,
+            metadata=view.metadata,
+            timestamp=view.timestamp or time.time_ns(),
+        )
+
+    @classmethod
+    def from_protobuf(cls, data: bytes) -> AIMessage:
+        """Decode one AIMessage protobuf; ``FrameError`` if malformed."""
+        return cls.from_view(_native.decode_message(data))
 
     def to_json_dict(self) -> dict[str, Any]:
         """JSON form with a hex payload; absent optionals are omitted."""

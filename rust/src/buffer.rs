@@ -24,7 +24,10 @@ fn frame_error(code: &'static str, message: impl Into<String>) -> NativeError {
 }
 
 fn bad_protobuf(what: &str) -> NativeError {
-    frame_error("invalid_protobuf", format!("invalid AIMessage protobuf: {what}"))
+    frame_error(
+        "invalid_protobuf",
+        format!("invalid AIMessage protobuf: {what}"),
+    )
 }
 
 /// (body offset, body length) of every frame in `data`.
@@ -156,7 +159,9 @@ fn expect(wire: u8, want: u8, field: &str) -> Result<(), NativeError> {
     if wire == want {
         Ok(())
     } else {
-        Err(bad_protobuf(&format!("field {field} has the wrong wire type")))
+        Err(bad_protobuf(&format!(
+            "field {field} has the wrong wire type"
+        )))
     }
 }
 
@@ -356,11 +361,7 @@ impl<'a> MessageRef<'a> {
             budget_tokens: self.budget_tokens,
             deadline_ms: self.deadline_ms,
             task_graph_id: self.task_graph_id.to_owned(),
-            dependencies: self
-                .dependencies()
-                .into_iter()
-                .map(str::to_owned)
-                .collect(),
+            dependencies: self.dependencies().into_iter().map(str::to_owned).collect(),
             priority: self.priority,
             dedup_context: self.dedup_context.to_owned(),
             trace_id: self.trace_id.to_owned(),
@@ -703,7 +704,10 @@ fn frame<'py>(body: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
 }
 
 #[pyfunction]
-fn encode_frames<'py>(py: Python<'py>, bodies: Vec<Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyBytes>> {
+fn encode_frames<'py>(
+    py: Python<'py>,
+    bodies: Vec<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyBytes>> {
     let mut out = Vec::new();
     for b in &bodies {
         let b = as_pybytes(b)?;
@@ -757,9 +761,12 @@ mod tests {
             priority: Some(0),
             dedup_context: "ctx".into(),
             trace_id: "trace".into(),
-            metadata: [("model".to_string(), "gpt-4o".to_string()), ("z".into(), "1".into())]
-                .into_iter()
-                .collect(),
+            metadata: [
+                ("model".to_string(), "gpt-4o".to_string()),
+                ("z".into(), "1".into()),
+            ]
+            .into_iter()
+            .collect(),
             timestamp: 42,
         }
     }
@@ -829,12 +836,12 @@ mod tests {
     #[test]
     fn bad_wire_data_is_an_error() {
         for bad in [
-            &[0x0a, 0x05, b'a'][..],          // length past the end
-            &[0x08, 0x01][..],                // agent_id with varint wire type
-            &[0xff; 11][..],                  // overlong varint
-            &[0x0a, 0x02, 0xff, 0xfe][..],    // invalid UTF-8
-            &[0x0b][..],                      // start-group wire type
-            &[0x00, 0x01][..],                // field number 0
+            &[0x0a, 0x05, b'a'][..],       // length past the end
+            &[0x08, 0x01][..],             // agent_id with varint wire type
+            &[0xff; 11][..],               // overlong varint
+            &[0x0a, 0x02, 0xff, 0xfe][..], // invalid UTF-8
+            &[0x0b][..],                   // start-group wire type
+            &[0x00, 0x01][..],             // field number 0
         ] {
             let e = MessageRef::decode(bad).unwrap_err();
             assert_eq!(e.code, "invalid_protobuf", "{bad:?}");
@@ -866,10 +873,19 @@ mod tests {
             for (start, len) in frames {
                 let body = &data[start..start + len];
                 let encoded = match kind {
-                    "AIMessage" => MessageRef::decode(body).unwrap().to_owned_message().encode_to_vec(),
-                    "Acknowledgment" => proto::Acknowledgment::decode(body).unwrap().encode_to_vec(),
-                    "EndpointMetrics" => proto::EndpointMetrics::decode(body).unwrap().encode_to_vec(),
-                    "RoutingDecision" => proto::RoutingDecision::decode(body).unwrap().encode_to_vec(),
+                    "AIMessage" => MessageRef::decode(body)
+                        .unwrap()
+                        .to_owned_message()
+                        .encode_to_vec(),
+                    "Acknowledgment" => {
+                        proto::Acknowledgment::decode(body).unwrap().encode_to_vec()
+                    }
+                    "EndpointMetrics" => proto::EndpointMetrics::decode(body)
+                        .unwrap()
+                        .encode_to_vec(),
+                    "RoutingDecision" => proto::RoutingDecision::decode(body)
+                        .unwrap()
+                        .encode_to_vec(),
                     "MessageBatch" => proto::MessageBatch::decode(body).unwrap().encode_to_vec(),
                     other => panic!("unknown golden type {other}"),
                 };

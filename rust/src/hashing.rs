@@ -15,7 +15,11 @@ use crate::errors::{ErrorKind, NativeError};
 /// tuples never hash the same bytes.
 pub fn dedup_key_bytes(namespace: &str, agent_id: &str, context: &str, payload: &[u8]) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
-    for part in [namespace.as_bytes(), agent_id.as_bytes(), context.as_bytes()] {
+    for part in [
+        namespace.as_bytes(),
+        agent_id.as_bytes(),
+        context.as_bytes(),
+    ] {
         h.update(&(part.len() as u64).to_le_bytes());
         h.update(part);
     }

@@ -33,10 +33,16 @@ impl HistCore {
             return Err(invalid("invalid_argument", "lowest_ms must be > 0"));
         }
         if !(highest_ms.is_finite() && highest_ms >= 2.0 * lowest_ms) {
-            return Err(invalid("invalid_argument", "highest_ms must be >= 2 * lowest_ms"));
+            return Err(invalid(
+                "invalid_argument",
+                "highest_ms must be >= 2 * lowest_ms",
+            ));
         }
         if !(1..=5).contains(&sig) {
-            return Err(invalid("invalid_argument", "significant_figures must be 1..=5"));
+            return Err(invalid(
+                "invalid_argument",
+                "significant_figures must be 1..=5",
+            ));
         }
         // Enough sub-buckets that one bucket is narrower than 10^-sig of
         // its value: 2 * 10^sig rounded up to a power of two.
@@ -107,7 +113,11 @@ impl HistCore {
         if self.count == 0 {
             return 0.0;
         }
-        let q = if q.is_nan() { 100.0 } else { q.clamp(0.0, 100.0) };
+        let q = if q.is_nan() {
+            100.0
+        } else {
+            q.clamp(0.0, 100.0)
+        };
         let rank = ((q / 100.0) * self.count as f64).ceil().max(1.0) as u64;
         let mut seen = 0u64;
         for (i, &c) in self.counts.iter().enumerate() {

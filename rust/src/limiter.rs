@@ -196,8 +196,11 @@ impl<L: Limit> Keyed<L> {
         if !(n.is_finite() && n > 0.0) {
             return Err(invalid("n must be > 0"));
         }
-        let max = L::max_request(&self.cfg)
-            .min(self.global_cfg.as_ref().map_or(f64::INFINITY, L::max_request));
+        let max = L::max_request(&self.cfg).min(
+            self.global_cfg
+                .as_ref()
+                .map_or(f64::INFINITY, L::max_request),
+        );
         if n > max {
             return Err(NativeError::new(
                 ErrorKind::Validation,
@@ -307,7 +310,12 @@ pub struct SlidingWindow {
 impl SlidingWindow {
     #[new]
     #[pyo3(signature = (limit, window_s, *, global_limit=None, max_keys=100_000))]
-    fn new(limit: i64, window_s: f64, global_limit: Option<i64>, max_keys: usize) -> PyResult<Self> {
+    fn new(
+        limit: i64,
+        window_s: f64,
+        global_limit: Option<i64>,
+        max_keys: usize,
+    ) -> PyResult<Self> {
         let window = positive("window_s", window_s)?;
         let cfg = WindowConfig {
             limit: positive("limit", limit as f64)?,
@@ -370,8 +378,14 @@ mod tests {
     #[test]
     fn global_limit_consumes_all_or_nothing() {
         let mut b: Keyed<Bucket> = Keyed::new(
-            BucketConfig { rate: 1.0, burst: 10.0 },
-            Some(BucketConfig { rate: 1.0, burst: 3.0 }),
+            BucketConfig {
+                rate: 1.0,
+                burst: 10.0,
+            },
+            Some(BucketConfig {
+                rate: 1.0,
+                burst: 3.0,
+            }),
             10,
             0.0,
         );
@@ -400,8 +414,15 @@ mod tests {
 
     #[test]
     fn window_is_exact() {
-        let mut w: Keyed<Window> =
-            Keyed::new(WindowConfig { limit: 3.0, window: 1.0 }, None, 10, 0.0);
+        let mut w: Keyed<Window> = Keyed::new(
+            WindowConfig {
+                limit: 3.0,
+                window: 1.0,
+            },
+            None,
+            10,
+            0.0,
+        );
         for t in [0.0, 0.2, 0.4] {
             assert!(w.try_acquire("k", 1.0, t).unwrap().is_none());
         }
@@ -414,7 +435,10 @@ mod tests {
     #[test]
     fn impossible_requests_are_errors() {
         let mut b = bucket(1.0, 2.0, 10);
-        assert_eq!(b.try_acquire("k", 3.0, 0.0).unwrap_err().code, "invalid_request");
+        assert_eq!(
+            b.try_acquire("k", 3.0, 0.0).unwrap_err().code,
+            "invalid_request"
+        );
         assert!(b.try_acquire("k", 0.0, 0.0).is_err());
     }
 }

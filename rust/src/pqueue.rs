@@ -61,7 +61,12 @@ impl<V> PQueueCore<V> {
         self.items.is_empty()
     }
 
-    pub fn push(&mut self, item: V, priority: u8, deadline_ms: Option<u64>) -> Result<u64, NativeError> {
+    pub fn push(
+        &mut self,
+        item: V,
+        priority: u8,
+        deadline_ms: Option<u64>,
+    ) -> Result<u64, NativeError> {
         if priority > 100 {
             return Err(NativeError::new(
                 ErrorKind::Validation,

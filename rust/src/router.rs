@@ -360,7 +360,12 @@ impl RouterCore {
     }
 
     pub fn snapshots(&self) -> Vec<Snapshot> {
-        self.table.read().slots.iter().map(|s| s.snapshot()).collect()
+        self.table
+            .read()
+            .slots
+            .iter()
+            .map(|s| s.snapshot())
+            .collect()
     }
 
     pub fn groups(&self) -> Vec<String> {
@@ -382,7 +387,12 @@ impl RouterCore {
         Ok(())
     }
 
-    pub fn record_finish(&self, id: &str, latency_ms: f64, success: bool) -> Result<(), NativeError> {
+    pub fn record_finish(
+        &self,
+        id: &str,
+        latency_ms: f64,
+        success: bool,
+    ) -> Result<(), NativeError> {
         // An endpoint removed mid-delivery is fine: nothing to update.
         let Some(slot) = self.slot(id) else {
             return Ok(());
@@ -427,7 +437,7 @@ impl RouterCore {
         let eligible: Vec<&Snapshot> = members
             .iter()
             .filter(|s| {
-                if exclude.iter().any(|e| *e == s.id) {
+                if exclude.contains(&s.id) {
                     excluded += 1;
                     false
                 } else if s.health == Health::Unhealthy {
@@ -523,7 +533,10 @@ impl RouterCore {
         let all: Vec<usize> = (0..snaps.len()).collect();
         let mut load: Vec<u32> = snaps.iter().map(|s| s.load).collect();
         let added_start = load.clone();
-        let healthy: Vec<bool> = snaps.iter().map(|s| s.health != Health::Unhealthy).collect();
+        let healthy: Vec<bool> = snaps
+            .iter()
+            .map(|s| s.health != Health::Unhealthy)
+            .collect();
 
         let mut indices = Vec::with_capacity(frames.len());
         let mut reasons = Vec::with_capacity(frames.len());
@@ -574,7 +587,13 @@ impl RouterCore {
 
     /// The best eligible candidate given the batch's virtual loads.
     #[inline]
-    fn pick(&self, cands: &[usize], snaps: &[Snapshot], load: &[u32], healthy: &[bool]) -> Option<usize> {
+    fn pick(
+        &self,
+        cands: &[usize],
+        snaps: &[Snapshot],
+        load: &[u32],
+        healthy: &[bool],
+    ) -> Option<usize> {
         let w = &self.weights;
         let eligible = |i: usize| healthy[i] && load[i] < snaps[i].capacity;
         let factors = |i: usize| Factors {
@@ -865,7 +884,10 @@ impl Router {
         let source = as_pybytes(frames)?;
         let data = source.as_bytes();
         let now = now_ms.unwrap_or_else(validate::now_ms);
-        let out = py.detach(|| self.core.route_batch(data, now, commit_load, max_frame_bytes))?;
+        let out = py.detach(|| {
+            self.core
+                .route_batch(data, now, commit_load, max_frame_bytes)
+        })?;
         let mut counts = [0usize; REJECTION_CODES.len()];
         for &r in &out.reasons {
             counts[r as usize] += 1;
@@ -972,7 +994,10 @@ mod tests {
         r.set_health("b", Health::Unhealthy).unwrap();
         let e = r.route(Some("g1"), &[]).unwrap_err();
         assert_eq!(e.code, "no_endpoint_available");
-        assert_eq!(r.route(Some("nope"), &[]).unwrap_err().code, "unknown_group");
+        assert_eq!(
+            r.route(Some("nope"), &[]).unwrap_err().code,
+            "unknown_group"
+        );
         assert_eq!(
             r.route(Some("g2"), &["c".into()]).unwrap_err().code,
             "no_endpoint_available"
@@ -1062,7 +1087,8 @@ mod tests {
         assert_eq!(out.reasons[5], Rejection::InvalidAgentId as u8);
         assert_eq!(out.reasons[6], Rejection::UnknownGroup as u8);
         assert_eq!(r.snapshot("a").unwrap().load, 0); // not committed
-        r.route_batch(&frames(&batch[..1]), 0, true, 1 << 20).unwrap();
+        r.route_batch(&frames(&batch[..1]), 0, true, 1 << 20)
+            .unwrap();
         assert_eq!(r.snapshot("a").unwrap().load, 1);
     }
 
@@ -1073,7 +1099,9 @@ mod tests {
         r.upsert(ep("b", "", 10, 1.0, 90.0), 5).unwrap();
         r.upsert(ep("c", "", 10, 2.0, 10.0), 0).unwrap();
         let d = r.route(None, &[]).unwrap();
-        let out = r.route_batch(&frames(&[msg("x", None)]), 0, false, 1 << 20).unwrap();
+        let out = r
+            .route_batch(&frames(&[msg("x", None)]), 0, false, 1 << 20)
+            .unwrap();
         assert_eq!(out.endpoint_ids[out.indices[0] as usize], d.target);
     }
 }

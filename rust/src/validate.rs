@@ -190,7 +190,10 @@ mod tests {
         assert_eq!(v(0, None, None, None), Err(Rejection::PayloadRequired));
         assert_eq!(v(101, None, None, None), Err(Rejection::PayloadTooLarge));
         assert!(v(100, None, None, None).is_ok());
-        assert_eq!(v(1, Some(0), None, None), Err(Rejection::InvalidBudgetTokens));
+        assert_eq!(
+            v(1, Some(0), None, None),
+            Err(Rejection::InvalidBudgetTokens)
+        );
         assert_eq!(v(1, None, Some(1000), None), Err(Rejection::DeadlineInPast));
         assert!(v(1, None, Some(1001), None).is_ok());
         assert_eq!(v(1, None, None, Some(101)), Err(Rejection::InvalidPriority));

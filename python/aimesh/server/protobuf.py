@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from google.protobuf.message import DecodeError
 
-from aimesh import _native
 from aimesh.errors import FrameError
-from aimesh.models import Acknowledgment, AckStatus, AIMessage, uuid7
+from aimesh.models import Acknowledgment, AckStatus, AIMessage
 from aimesh.proto import aimesh_pb2 as pb2
 
 _ACK_TO_PB = {
@@ -24,45 +23,12 @@ _ACK_TO_PB = {
 _PB_TO_ACK = {v: k for k, v in _ACK_TO_PB.items()}
 
 
-def message_from_view(view: _native.MessageView) -> AIMessage:
-    """An :class:`AIMessage` from a natively decoded view."""
-    return AIMessage(
-        agent_id=view.agent_id,
-        payload=bytes(view.payload),
-        message_id=view.message_id or uuid7(),
-        estimated_cost_tokens=view.estimated_cost_tokens,
-        budget_tokens=view.budget_tokens,
-        deadline_ms=view.deadline_ms,
-        task_graph_id=view.task_graph_id,
-        dependencies=view.dependencies,
-        priority=50 if view.priority is None else view.priority,
-        dedup_context=view.dedup_context,
-        trace_id=view.trace_id,
-        metadata=view.metadata,
-        timestamp=view.timestamp or _now_ns(),
-    )
-
-
 def message_from_protobuf(body: bytes) -> AIMessage:
-    return message_from_view(_native.decode_message(body))
+    return AIMessage.from_protobuf(body)
 
 
 def message_to_protobuf(msg: AIMessage) -> bytes:
-    return _native.encode_message(
-        agent_id=msg.agent_id,
-        payload=msg.payload,
-        message_id=msg.message_id,
-        estimated_cost_tokens=msg.estimated_cost_tokens,
-        budget_tokens=msg.budget_tokens,
-        deadline_ms=msg.deadline_ms,
-        task_graph_id=msg.task_graph_id,
-        dependencies=msg.dependencies,
-        priority=msg.priority,
-        dedup_context=msg.dedup_context,
-        trace_id=msg.trace_id,
-        metadata=msg.metadata,
-        timestamp=msg.timestamp,
-    )
+    return msg.to_protobuf()
 
 
 def batch_from_protobuf(body: bytes) -> list[AIMessage]:
@@ -138,9 +104,3 @@ def acks_from_protobuf(body: bytes) -> list[Acknowledgment]:
     except DecodeError as e:
         raise FrameError("invalid_protobuf", f"body is not an AcknowledgmentBatch: {e}") from None
     return [_ack_from_pb(a) for a in p.acknowledgments]
-
-
-def _now_ns() -> int:
-    import time
-
-    return time.time_ns()

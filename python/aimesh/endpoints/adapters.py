@@ -1,0 +1,168 @@
+"""Upstream adapters: how a message becomes an HTTP request to an endpoint
+and how the answer becomes a result and a token count."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Protocol
+
+import httpx
+import orjson
+
+from aimesh.endpoints.base import DeliveryRequest, EndpointFailure
+from aimesh.models import EndpointMetrics, estimate_tokens
+
+
+class Adapter(Protocol):
+    async def call(
+        self,
+        client: httpx.AsyncClient,
+        endpoint: EndpointMetrics,
+        request: DeliveryRequest,
+        timeout: float,
+    ) -> tuple[bytes, int]:
+        """Send ``request``; answer ``(result, tokens_used)`` or raise
+        :class:`EndpointFailure`."""
+        ...
+
+
+def _auth_headers(endpoint: EndpointMetrics) -> dict[str, str]:
+    if not endpoint.api_key_env:
+        return {}
+    key = os.environ.get(endpoint.api_key_env)
+    if not key:
+        # Name the variable, never a value.
+        raise EndpointFailure(
+            "missing_api_key",
+            f"environment variable {endpoint.api_key_env} (api_key_env of "
+            f"{endpoint.endpoint_id}) is not set",
+            retryable=False,
+        )
+    return {"authorization": f"Bearer {key}"}
+
+
+def _common_headers(request: DeliveryRequest) -> dict[str, str]:
+    headers = {"x-aimesh-message-id": request.message_id}
+    if request.trace_id:
+        headers["x-aimesh-trace-id"] = request.trace_id
+    headers.update(request.headers)
+    return headers
+
+
+async def _post(
+    client: httpx.AsyncClient, url: str, content: bytes, headers: dict[str, str], timeout: float
+) -> httpx.Response:
+    try:
+        response = await client.post(url, content=content, headers=headers, timeout=timeout)
+    except httpx.TimeoutException:
+        raise EndpointFailure("upstream_timeout", f"no answer within {timeout:.3f}s",
+                              retryable=True) from None
+    except httpx.TransportError as e:
+        raise EndpointFailure("upstream_unreachable", f"{type(e).__name__}: {e}",
+                              retryable=True) from None
+    if response.status_code == 429 or response.status_code >= 500:
+        retry_after = None
+        header = response.headers.get("retry-after")
+        if header:
+            try:
+                retry_after = float(header)
+            except ValueError:
+                retry_after = None
+        raise EndpointFailure(
+            "upstream_error",
+            f"upstream answered {response.status_code}",
+            retryable=True,
+            status=response.status_code,
+            retry_after=retry_after,
+        )
+    if response.status_code >= 400:
+        raise EndpointFailure(
+            "upstream_rejected",
+            f"upstream answered {response.status_code}: {response.text[:200]}",
+            retryable=False,
+            status=response.status_code,
+        )
+    return response
+
+
+def chat_url(url: str) -> str:
+    """The chat-completions URL of an OpenAI-compatible base URL."""
+    url = url.rstrip("/")
+    if url.endswith("/chat/completions"):
+        return url
+    if url.endswith("/v1"):
+        return url + "/chat/completions"
+    return url + "/v1/chat/completions"
+
+
+def chat_body(endpoint: EndpointMetrics, payload: bytes) -> dict[str, Any]:
+    """The chat request for a payload: a JSON chat body is used as is (its
+    ``model`` replaced by the endpoint's ``model`` when one is configured,
+    filled from the route group when missing); anything else becomes one
+    user message."""
+    body: dict[str, Any] | None = None
+    if payload[:1] == b"{":
+        try:
+            parsed = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, dict) and isinstance(parsed.get("messages"), list):
+            body = parsed
+    if body is None:
+        body = {"messages": [{"role": "user", "content": payload.decode("utf-8", "replace")}]}
+    if endpoint.model:
+        body["model"] = endpoint.model
+    elif not body.get("model"):
+        body["model"] = endpoint.group or "default"
+    return body
+
+
+class OpenAIAdapter:
+    """Any OpenAI-compatible chat-completions server (OpenAI, vLLM, Ollama,
+    llama.cpp, the bundled simulator)."""
+
+    async def call(
+        self,
+        client: httpx.AsyncClient,
+        endpoint: EndpointMetrics,
+        request: DeliveryRequest,
+        timeout: float,
+    ) -> tuple[bytes, int]:
+        headers = {"content-type": "application/json", **_auth_headers(endpoint),
+                   **_common_headers(request)}
+        body = orjson.dumps(chat_body(endpoint, request.payload))
+        response = await _post(client, chat_url(endpoint.url), body, headers, timeout)
+        try:
+            data = orjson.loads(response.content)
+            tokens = int(data["usage"]["total_tokens"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            if not response.content:
+                raise EndpointFailure("upstream_invalid_response", "empty answer",
+                                      retryable=True) from None
+            tokens = estimate_tokens(len(request.payload) + len(response.content))
+        return response.content, tokens
+
+
+class HttpAdapter:
+    """POST the payload bytes to the endpoint URL; the body is the result;
+    tokens from ``x-tokens-used`` or estimated."""
+
+    async def call(
+        self,
+        client: httpx.AsyncClient,
+        endpoint: EndpointMetrics,
+        request: DeliveryRequest,
+        timeout: float,
+    ) -> tuple[bytes, int]:
+        headers = {"content-type": "application/octet-stream", **_auth_headers(endpoint),
+                   **_common_headers(request)}
+        response = await _post(client, endpoint.url, request.payload, headers, timeout)
+        header = response.headers.get("x-tokens-used", "")
+        tokens = int(header) if header.isdigit() else estimate_tokens(
+            len(request.payload) + len(response.content)
+        )
+        return response.content, tokens
+
+
+#: Adapters by endpoint ``kind``.
+ADAPTERS: dict[str, Adapter] = {"openai": OpenAIAdapter(), "http": HttpAdapter()}

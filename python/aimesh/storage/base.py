@@ -1,0 +1,111 @@
+"""The storage interface. Every operation is one atomic step (one SQLite
+transaction, or one Redis script), so backends are interchangeable without
+touching the pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from aimesh.models import Acknowledgment, AckStatus, AIMessage, BudgetInfo, EndpointMetrics
+
+
+@dataclass(slots=True)
+class PutResult:
+    """``created`` is False when the message_id was already stored with the
+    same body (an idempotent retry): ``status``/``ack`` are the stored ones."""
+
+    created: bool
+    status: AckStatus
+    ack: Acknowledgment | None = None
+
+
+@dataclass(slots=True)
+class StoredMessage:
+    message: AIMessage
+    status: AckStatus
+    ack: Acknowledgment | None
+    created_at_ms: int
+    updated_at_ms: int
+
+
+@dataclass(slots=True)
+class Reservation:
+    """A budget reservation; ``capped`` is False for an agent without a
+    budget (nothing was reserved)."""
+
+    reservation_id: str
+    agent_id: str
+    tokens: int
+    capped: bool
+
+
+@dataclass(slots=True)
+class DedupRecord:
+    key: bytes
+    message_id: str
+    ack: Acknowledgment
+    expires_at_ms: int
+
+
+class Storage(Protocol):
+    """Durable state of one gateway."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def healthy(self) -> bool: ...
+    async def recover(self) -> None:
+        """At start-up: release reservations left by a crash."""
+        ...
+
+    # messages
+    async def put_message(
+        self,
+        msg: AIMessage,
+        body_hash: bytes,
+        status: AckStatus = AckStatus.RECEIVED,
+        ack: Acknowledgment | None = None,
+    ) -> PutResult:
+        """Insert if absent (on disk when this returns). Same id, other body
+        -> ``ConflictError("message_id_conflict")``."""
+        ...
+
+    async def complete_message(self, message_id: str, ack: Acknowledgment) -> Acknowledgment:
+        """RECEIVED -> the ack's status. Idempotent: the first ack wins and is
+        returned."""
+        ...
+
+    async def get_message(self, message_id: str) -> StoredMessage | None: ...
+    async def pending_messages(self, limit: int) -> list[AIMessage]:
+        """RECEIVED messages by priority desc, deadline asc (none last), arrival."""
+        ...
+
+    async def count_by_status(self) -> dict[str, int]: ...
+
+    # budgets
+    async def set_budget(
+        self, agent_id: str, tokens: int, reset_at: int | None, period_s: int | None = None
+    ) -> BudgetInfo: ...
+    async def get_budget(self, agent_id: str) -> BudgetInfo | None: ...
+    async def reset_budget(self, agent_id: str) -> BudgetInfo: ...
+    async def reserve(self, agent_id: str, reservation_id: str, tokens: int) -> Reservation:
+        """Atomic check-and-reserve; ``BudgetExceededError`` if it does not fit."""
+        ...
+
+    async def settle(self, reservation_id: str, actual_tokens: int) -> BudgetInfo | None:
+        """Release the reservation and add the real usage (idempotent)."""
+        ...
+
+    async def release(self, reservation_id: str) -> BudgetInfo | None: ...
+    async def list_budgets(self) -> list[BudgetInfo]: ...
+
+    # dedup
+    async def dedup_get(self, key: bytes) -> DedupRecord | None: ...
+    async def dedup_put(self, key: bytes, message_id: str, ack: Acknowledgment, ttl_s: float) -> None: ...
+    async def dedup_live(self, limit: int) -> list[DedupRecord]: ...
+    async def purge_expired(self) -> int: ...
+
+    # endpoints
+    async def save_endpoint(self, endpoint: EndpointMetrics) -> None: ...
+    async def delete_endpoint(self, endpoint_id: str) -> bool: ...
+    async def list_endpoints(self) -> list[EndpointMetrics]: ...
