@@ -13,7 +13,9 @@ from tests.test_gateway_routing import send, send_many
 
 
 def test_budget_is_exact_under_1000_concurrent_requests(sims, gateways):
-    sim = sims("--latency-ms", "20", "--completion-tokens", "1")
+    # Real usage = the estimate (1 prompt token + 9 completion tokens), so the
+    # budget fits exactly 100 messages however they interleave.
+    sim = sims("--latency-ms", "200", "--completion-tokens", "9")
     gw = gateways(
         [openai_endpoint(sim, "sim")],
         limits={"rate_limit_rps": 100000, "rate_limit_burst": 100000},
@@ -28,6 +30,7 @@ def test_budget_is_exact_under_1000_concurrent_requests(sims, gateways):
     refused = [r for r in responses if r.status_code == 402]
     assert len(admitted) + len(refused) == 1000
     assert 0 < len(admitted) <= 100
+    assert all(a["tokens_used"] == 10 for a in admitted)
     assert all(r.json()["error"]["code"] == "budget_exceeded" for r in refused)
     with gw.client() as c:
         budget = c.get("/budgets/spender").json()

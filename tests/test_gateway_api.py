@@ -45,7 +45,9 @@ INVALID = [
 
 @pytest.fixture
 def gw(sims, gateways):
-    return gateways([openai_endpoint(sims("--latency-ms", "1"), "sim", group="gpt-4o")])
+    return gateways(
+        [openai_endpoint(sims("--latency-ms", "1"), "sim", group="gpt-4o", cost_per_1k_tokens=1.0)]
+    )
 
 
 def test_every_validation_rule_has_its_code(gw):

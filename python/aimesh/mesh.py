@@ -33,6 +33,7 @@ from aimesh.errors import (
     ConflictError,
     NotFoundError,
     QueueFullError,
+    RoutingError,
     RateLimitError,
     ServiceUnavailableError,
 )
@@ -106,6 +107,9 @@ class AiMesh:
         self.budget_cache: dict[str, BudgetInfo] = {}
         self._storage = storage
         self._wakeup: asyncio.Event | None = None
+        # Set whenever a delivery attempt ends and frees endpoint capacity.
+        self._capacity = asyncio.Event()
+        self.deliverer.on_release = self._capacity.set
         self._dispatcher: asyncio.Task[None] | None = None
         self._async_backlog = _native.PriorityQueue(max(cfg.queue_capacity * 10, 100_000))
         self._async_wakeup: asyncio.Event | None = None
@@ -479,7 +483,7 @@ class AiMesh:
         ack: Acknowledgment | None = None
         used = 0
         try:
-            decision = self.router.route(msg, exclude=self.deliverer.open_circuits())
+            decision = await self._route_when_capacity(msg)
             request = DeliveryRequest(
                 payload=msg.payload,
                 message_id=msg.message_id,
@@ -528,6 +532,34 @@ class AiMesh:
             self.metrics.completed(ack, cost=cost)
             if not job.future.done():
                 job.future.set_result(ack)
+
+    async def _route_when_capacity(self, msg: AIMessage) -> RoutingDecision:
+        """Route; while every eligible endpoint is only *saturated* (not
+        unhealthy), wait for a delivery to finish instead of failing, up to
+        the message's deadline or the delivery timeout."""
+        limit = time.monotonic() + self.config.timeout_s
+        if msg.deadline_ms is not None:
+            limit = min(limit, time.monotonic() + msg.deadline_ms / 1000 - time.time())
+        while True:
+            try:
+                return self.router.route(msg, exclude=self.deliverer.open_circuits())
+            except RoutingError:
+                remaining = limit - time.monotonic()
+                if remaining <= 0 or not self._only_saturated(msg.group):
+                    raise
+            self._capacity.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._capacity.wait(), min(remaining, 1.0))
+
+    def _only_saturated(self, group: str | None) -> bool:
+        open_circuits = set(self.deliverer.open_circuits())
+        return any(
+            s.current_load >= s.capacity
+            for s in self.router.endpoints()
+            if (group is None or s.group == group)
+            and s.health != "unhealthy"
+            and s.endpoint_id not in open_circuits
+        )
 
     async def _async_worker(self) -> None:
         """Deliver durable (async-mode) messages in priority order and write

@@ -62,6 +62,8 @@ class Deliverer:
         self.histograms: dict[str, _native.LatencyHistogram] = {}
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._health_task: asyncio.Task[None] | None = None
+        #: Called after every attempt (capacity was freed).
+        self.on_release: Callable[[], None] = lambda: None
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -176,6 +178,7 @@ class Deliverer:
                 return result, tokens, (time.perf_counter() - t0) * 1000
             finally:
                 self.router.record_finish(eid, (time.perf_counter() - t0) * 1000, ok)
+                self.on_release()
 
     def _timeout(self, request: DeliveryRequest, attempts: list[dict[str, Any]]) -> float:
         if request.deadline_ms is None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from contextlib import suppress
 
 import httpx
@@ -55,6 +58,26 @@ def start_simulators(sims: list[SimulatorConfig]) -> list[subprocess.Popen[bytes
     return procs
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, but a SIGTERM/SIGINT that was handled by a graceful
+    drain ends the process with status 0 instead of being re-raised."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def serve(config: AiMeshConfig | None = None) -> None:
     """Run the server until SIGINT/SIGTERM, then drain in-flight messages."""
     cfg = config or AiMeshConfig.load()
@@ -68,7 +91,7 @@ def serve(config: AiMeshConfig | None = None) -> None:
     try:
         mesh = AiMesh(cfg)
         app = create_app(mesh, admin_open=admin_open)
-        server = uvicorn.Server(
+        server = _Server(
             uvicorn.Config(
                 app,
                 host=host,
