@@ -375,6 +375,73 @@ impl<'a> MessageRef<'a> {
     }
 }
 
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_key(out: &mut Vec<u8>, field: u32, wire: u8) {
+    put_varint(out, (u64::from(field) << 3) | u64::from(wire));
+}
+
+fn put_len(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+    put_key(out, field, LEN);
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+fn put_str(out: &mut Vec<u8>, field: u32, s: &str) {
+    if !s.is_empty() {
+        put_len(out, field, s.as_bytes());
+    }
+}
+
+fn put_opt(out: &mut Vec<u8>, field: u32, v: Option<u64>) {
+    if let Some(v) = v {
+        put_key(out, field, VARINT);
+        put_varint(out, v);
+    }
+}
+
+/// Canonical AIMessage encoding: fields in number order, proto3 defaults
+/// omitted, present optionals written even when 0, map entries sorted by
+/// key and always written with both key and value. This is what the
+/// official deterministic serializers (C++/upb, Go) produce; prost alone
+/// would drop empty map keys and values.
+pub fn encode_canonical(m: &proto::AiMessage) -> Vec<u8> {
+    let mut out = Vec::with_capacity(m.payload.len() + 64);
+    put_str(&mut out, 1, &m.agent_id);
+    put_str(&mut out, 2, &m.message_id);
+    if !m.payload.is_empty() {
+        put_len(&mut out, 3, &m.payload);
+    }
+    put_opt(&mut out, 4, m.estimated_cost_tokens);
+    put_opt(&mut out, 5, m.budget_tokens);
+    put_opt(&mut out, 6, m.deadline_ms);
+    put_str(&mut out, 7, &m.task_graph_id);
+    for d in &m.dependencies {
+        put_len(&mut out, 8, d.as_bytes());
+    }
+    put_opt(&mut out, 9, m.priority.map(u64::from));
+    put_str(&mut out, 10, &m.dedup_context);
+    put_str(&mut out, 11, &m.trace_id);
+    let mut entry = Vec::new();
+    for (k, v) in &m.metadata {
+        entry.clear();
+        put_len(&mut entry, 1, k.as_bytes());
+        put_len(&mut entry, 2, v.as_bytes());
+        put_len(&mut out, 12, &entry);
+    }
+    if m.timestamp != 0 {
+        put_key(&mut out, 13, VARINT);
+        put_varint(&mut out, m.timestamp);
+    }
+    out
+}
+
 /// Encode a prost message with its 4-byte big-endian length prefix.
 pub fn frame_bytes(body: &[u8]) -> Result<Vec<u8>, NativeError> {
     let len = u32::try_from(body.len())
@@ -447,6 +514,10 @@ impl MessageView {
     fn payload<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let bytes = self.source.bind(py);
         let (off, len) = self.with(py, |m| {
+            // An absent payload is a static empty slice outside the buffer.
+            if m.payload.is_empty() {
+                return (0, 0);
+            }
             let base = bytes.as_bytes().as_ptr() as usize;
             (m.payload.as_ptr() as usize - base, m.payload.len())
         });
@@ -515,7 +586,7 @@ impl MessageView {
     }
 
     fn encode<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        let encoded = self.with(py, |m| prost::Message::encode_to_vec(&m.to_owned_message()));
+        let encoded = self.with(py, |m| encode_canonical(&m.to_owned_message()));
         PyBytes::new(py, &encoded)
     }
 
@@ -694,7 +765,7 @@ fn encode_message<'py>(
         metadata: metadata.unwrap_or_default(),
         timestamp,
     };
-    Ok(PyBytes::new(py, &prost::Message::encode_to_vec(&msg)))
+    Ok(PyBytes::new(py, &encode_canonical(&msg)))
 }
 
 #[pyfunction]
@@ -783,6 +854,18 @@ mod tests {
         assert_eq!(m.metadata_get("nope"), None);
         assert_eq!(m.to_owned_message(), sample());
         assert_eq!(m.to_owned_message().encode_to_vec(), bytes);
+        assert_eq!(encode_canonical(&m.to_owned_message()), bytes);
+    }
+
+    #[test]
+    fn empty_map_key_and_value_are_written() {
+        let mut msg = sample();
+        msg.metadata = [(String::new(), String::new())].into_iter().collect();
+        let bytes = encode_canonical(&msg);
+        assert!(bytes
+            .windows(6)
+            .any(|w| w == [0x62, 0x04, 0x0a, 0x00, 0x12, 0x00]));
+        assert_eq!(MessageRef::decode(&bytes).unwrap().to_owned_message(), msg);
     }
 
     #[test]
