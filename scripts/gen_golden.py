@@ -61,8 +61,10 @@ def cases() -> list[tuple[str, str, str, list[Any]]]:
         metadata={"emoji": "🚀", "model": "llama-3"},
     )
     zeros = pb2.AIMessage(agent_id="z", payload=b"\x00", priority=0, estimated_cost_tokens=0)
-    batch = [pb2.AIMessage(agent_id=f"agent-{i}", payload=bytes([i]) * (i + 1), priority=i * 10)
-             for i in range(5)]
+    batch = [
+        pb2.AIMessage(agent_id=f"agent-{i}", payload=bytes([i]) * (i + 1), priority=i * 10)
+        for i in range(5)
+    ]
     ack = pb2.Acknowledgment(
         original_message_id="0190f0f0-1234-7abc-8def-0123456789ab",
         status=pb2.ACK_STATUS_PROCESSED,
@@ -128,8 +130,9 @@ def main() -> int:
             "frame_hex": data.hex(),
         }
         (OUT / f"{name}.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-        manifest.append({"file": f"{name}.bin", "type": kind, "frames": len(msgs),
-                         "description": description})
+        manifest.append(
+            {"file": f"{name}.bin", "type": kind, "frames": len(msgs), "description": description}
+        )
     (OUT / "manifest.json").write_text(json.dumps({"golden": manifest}, indent=2) + "\n")
     print(f"wrote {len(manifest)} golden files to {OUT.relative_to(ROOT)}")
     return 0

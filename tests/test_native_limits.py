@@ -7,17 +7,17 @@ import math
 import threading
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from aimesh import _native
 from aimesh.errors import QueueFullError, ValidationError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 # -- limiters -------------------------------------------------------------------
 
 requests_st = st.lists(
-    st.tuples(st.floats(0, 0.5, allow_nan=False), st.sampled_from(["a", "b", "c", "d"]),
-              st.integers(1, 3)),
+    st.tuples(
+        st.floats(0, 0.5, allow_nan=False), st.sampled_from(["a", "b", "c", "d"]), st.integers(1, 3)
+    ),
     min_size=1,
     max_size=300,
 )
@@ -26,8 +26,9 @@ requests_st = st.lists(
 @settings(max_examples=200, deadline=None)
 @given(requests_st, st.floats(0.5, 50), st.integers(3, 10), st.integers(1, 4))
 def test_token_bucket_never_admits_more_than_rate_t_plus_burst(reqs, rate, burst, max_keys):
-    tb = _native.TokenBucket(rate, burst, global_rate=rate * 2, global_burst=burst * 2,
-                             max_keys=max_keys)
+    tb = _native.TokenBucket(
+        rate, burst, global_rate=rate * 2, global_burst=burst * 2, max_keys=max_keys
+    )
     now = 0.0
     admitted: dict[str, float] = {}
     total = 0.0
@@ -108,9 +109,7 @@ def test_exact_under_threads():
 
 # -- priority queue -------------------------------------------------------------
 
-items_st = st.lists(
-    st.tuples(st.integers(0, 100), st.none() | st.integers(0, 100)), max_size=60
-)
+items_st = st.lists(st.tuples(st.integers(0, 100), st.none() | st.integers(0, 100)), max_size=60)
 
 
 @settings(max_examples=300, deadline=None)

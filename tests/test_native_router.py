@@ -6,11 +6,10 @@ from __future__ import annotations
 import struct
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from aimesh import AIMessage, EndpointMetrics, HealthStatus, Router, _native
 from aimesh.errors import FrameError, NotFoundError, RoutingError, ValidationError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def frames(messages: list[AIMessage]) -> bytes:
@@ -20,10 +19,14 @@ def frames(messages: list[AIMessage]) -> bytes:
 def test_hand_computed_literal_and_normalized_scores():
     literal = Router(normalize=False)
     for r in (literal,):
-        r.register_endpoint(EndpointMetrics("a", capacity=100, current_load=50,
-                                            cost_per_1k_tokens=30, latency_p99_ms=500))
-        r.register_endpoint(EndpointMetrics("b", capacity=100, cost_per_1k_tokens=10,
-                                            latency_p99_ms=800))
+        r.register_endpoint(
+            EndpointMetrics(
+                "a", capacity=100, current_load=50, cost_per_1k_tokens=30, latency_p99_ms=500
+            )
+        )
+        r.register_endpoint(
+            EndpointMetrics("b", capacity=100, cost_per_1k_tokens=10, latency_p99_ms=800)
+        )
     d = literal.route()
     assert d.target_endpoint == "a"
     s = d.score_breakdown
@@ -32,8 +35,9 @@ def test_hand_computed_literal_and_normalized_scores():
     assert d.fallback_endpoints == ["b"]
     assert d.fallback_scores[0].total_score == pytest.approx(244)
     norm = Router()
-    norm.native.upsert_endpoint("a", capacity=100, current_load=50, cost_per_1k_tokens=30,
-                                latency_p99_ms=500)
+    norm.native.upsert_endpoint(
+        "a", capacity=100, current_load=50, cost_per_1k_tokens=30, latency_p99_ms=500
+    )
     norm.native.upsert_endpoint("b", capacity=100, cost_per_1k_tokens=10, latency_p99_ms=800)
     d = norm.route()
     assert d.target_endpoint == "b"
@@ -45,8 +49,9 @@ def test_hand_computed_literal_and_normalized_scores():
 def test_groups_health_saturation_and_errors():
     r = Router()
     r.register_endpoint(EndpointMetrics("s1", group="small", cost_per_1k_tokens=1))
-    r.register_endpoint(EndpointMetrics("s2", group="small", cost_per_1k_tokens=2,
-                                        health_status="DEGRADED"))
+    r.register_endpoint(
+        EndpointMetrics("s2", group="small", cost_per_1k_tokens=2, health_status="DEGRADED")
+    )
     r.register_endpoint(EndpointMetrics("l1", group="large", cost_per_1k_tokens=9, capacity=1))
     assert r.route(AIMessage("a", b"x", metadata={"model": "small"})).target_endpoint == "s1"
     assert r.route(group="large").target_endpoint == "l1"
@@ -99,8 +104,11 @@ endpoint_st = st.builds(
 def _score(w, eps, normalize):
     keys = ("cost", "load", "latency")
     raw = {
-        i: {"cost": e["cost"], "load": min(e["current_load"], 10**9) / e["capacity"] * 100,
-            "latency": e["latency"]}
+        i: {
+            "cost": e["cost"],
+            "load": min(e["current_load"], 10**9) / e["capacity"] * 100,
+            "latency": e["latency"],
+        }
         for i, e in eps.items()
     }
     mx = {k: max(v[k] for v in raw.values()) for k in keys}
@@ -115,16 +123,27 @@ def _score(w, eps, normalize):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(endpoint_st, min_size=1, max_size=8), st.booleans(),
-       st.tuples(*[st.floats(0, 1, allow_nan=False)] * 3))
+@given(
+    st.lists(endpoint_st, min_size=1, max_size=8),
+    st.booleans(),
+    st.tuples(*[st.floats(0, 1, allow_nan=False)] * 3),
+)
 def test_winner_has_minimum_score_and_is_never_ineligible(eps, normalize, w):
     r = _native.Router(*w, normalize=normalize)
     for i, e in enumerate(eps):
-        r.upsert_endpoint(f"e{i}", capacity=e["capacity"], current_load=e["current_load"],
-                          cost_per_1k_tokens=e["cost"], latency_p99_ms=e["latency"],
-                          health=e["health"])
-    eligible = {f"e{i}": e for i, e in enumerate(eps)
-                if e["health"] != "unhealthy" and e["current_load"] < e["capacity"]}
+        r.upsert_endpoint(
+            f"e{i}",
+            capacity=e["capacity"],
+            current_load=e["current_load"],
+            cost_per_1k_tokens=e["cost"],
+            latency_p99_ms=e["latency"],
+            health=e["health"],
+        )
+    eligible = {
+        f"e{i}": e
+        for i, e in enumerate(eps)
+        if e["health"] != "unhealthy" and e["current_load"] < e["capacity"]
+    }
     if not eligible:
         with pytest.raises(RoutingError):
             r.route()
@@ -146,9 +165,14 @@ def test_winner_has_minimum_score_and_is_never_ineligible(eps, normalize, w):
 def test_batch_never_overfills_and_agrees_with_route(eps, n):
     r = _native.Router()
     for i, e in enumerate(eps):
-        r.upsert_endpoint(f"e{i}", capacity=e["capacity"], current_load=e["current_load"],
-                          cost_per_1k_tokens=e["cost"], latency_p99_ms=e["latency"],
-                          health=e["health"])
+        r.upsert_endpoint(
+            f"e{i}",
+            capacity=e["capacity"],
+            current_load=e["current_load"],
+            cost_per_1k_tokens=e["cost"],
+            latency_p99_ms=e["latency"],
+            health=e["health"],
+        )
     msg = AIMessage("agent", b"payload")
     one = r.route_batch(frames([msg]))
     try:
@@ -186,8 +210,12 @@ def test_batch_rejections_by_code_and_commit_load():
     res = r.route_batch(data, commit_load=True)
     assert res.routed == 1
     assert res.rejections == {
-        "invalid_agent_id": 1, "payload_required": 1, "invalid_priority": 1,
-        "invalid_budget_tokens": 1, "deadline_in_past": 1, "unknown_group": 1,
+        "invalid_agent_id": 1,
+        "payload_required": 1,
+        "invalid_priority": 1,
+        "invalid_budget_tokens": 1,
+        "deadline_in_past": 1,
+        "unknown_group": 1,
         "invalid_protobuf": 1,
     }
     codes = [_native.REJECTION_CODES[c] for c in res.reasons]
@@ -201,8 +229,16 @@ def test_embedded_example():
     from aimesh import AiMesh, AiMeshConfig
 
     mesh = AiMesh(AiMeshConfig())
-    mesh.router.register_endpoint(EndpointMetrics(
-        endpoint_id="gpt-4", capacity=1000, current_load=0, cost_per_1k_tokens=30.0,
-        latency_p99_ms=500.0, error_rate=0.01, health_status=HealthStatus.HEALTHY))
+    mesh.router.register_endpoint(
+        EndpointMetrics(
+            endpoint_id="gpt-4",
+            capacity=1000,
+            current_load=0,
+            cost_per_1k_tokens=30.0,
+            latency_p99_ms=500.0,
+            error_rate=0.01,
+            health_status=HealthStatus.HEALTHY,
+        )
+    )
     d = mesh.router.route(AIMessage(agent_id="my-agent", payload=b"hi", estimated_cost_tokens=100))
     assert d.target_endpoint == "gpt-4" and d.fallback_endpoints == []

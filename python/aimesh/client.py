@@ -37,7 +37,8 @@ _STATUS_ERRORS: dict[int, type[errors.AiMeshError]] = {
 
 def error_from_response(response: httpx.Response) -> errors.AiMeshError:
     """Map an error response to the matching exception."""
-    code, message, details = f"http_{response.status_code}", response.reason_phrase, {}
+    code, message = f"http_{response.status_code}", response.reason_phrase
+    details: dict[str, Any] = {}
     try:
         body = response.json()
         err = body.get("error", {}) if isinstance(body, dict) else {}

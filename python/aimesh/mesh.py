@@ -33,8 +33,8 @@ from aimesh.errors import (
     ConflictError,
     NotFoundError,
     QueueFullError,
-    RoutingError,
     RateLimitError,
+    RoutingError,
     ServiceUnavailableError,
 )
 from aimesh.metrics import MeshMetrics

@@ -55,11 +55,13 @@ async def _post(
     try:
         response = await client.post(url, content=content, headers=headers, timeout=timeout)
     except httpx.TimeoutException:
-        raise EndpointFailure("upstream_timeout", f"no answer within {timeout:.3f}s",
-                              retryable=True) from None
+        raise EndpointFailure(
+            "upstream_timeout", f"no answer within {timeout:.3f}s", retryable=True
+        ) from None
     except httpx.TransportError as e:
-        raise EndpointFailure("upstream_unreachable", f"{type(e).__name__}: {e}",
-                              retryable=True) from None
+        raise EndpointFailure(
+            "upstream_unreachable", f"{type(e).__name__}: {e}", retryable=True
+        ) from None
     if response.status_code == 429 or response.status_code >= 500:
         retry_after = None
         header = response.headers.get("retry-after")
@@ -128,8 +130,11 @@ class OpenAIAdapter:
         request: DeliveryRequest,
         timeout: float,
     ) -> tuple[bytes, int]:
-        headers = {"content-type": "application/json", **_auth_headers(endpoint),
-                   **_common_headers(request)}
+        headers = {
+            "content-type": "application/json",
+            **_auth_headers(endpoint),
+            **_common_headers(request),
+        }
         body = orjson.dumps(chat_body(endpoint, request.payload))
         response = await _post(client, chat_url(endpoint.url), body, headers, timeout)
         try:
@@ -137,8 +142,9 @@ class OpenAIAdapter:
             tokens = int(data["usage"]["total_tokens"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             if not response.content:
-                raise EndpointFailure("upstream_invalid_response", "empty answer",
-                                      retryable=True) from None
+                raise EndpointFailure(
+                    "upstream_invalid_response", "empty answer", retryable=True
+                ) from None
             tokens = estimate_tokens(len(request.payload) + len(response.content))
         return response.content, tokens
 
@@ -154,12 +160,17 @@ class HttpAdapter:
         request: DeliveryRequest,
         timeout: float,
     ) -> tuple[bytes, int]:
-        headers = {"content-type": "application/octet-stream", **_auth_headers(endpoint),
-                   **_common_headers(request)}
+        headers = {
+            "content-type": "application/octet-stream",
+            **_auth_headers(endpoint),
+            **_common_headers(request),
+        }
         response = await _post(client, endpoint.url, request.payload, headers, timeout)
         header = response.headers.get("x-tokens-used", "")
-        tokens = int(header) if header.isdigit() else estimate_tokens(
-            len(request.payload) + len(response.content)
+        tokens = (
+            int(header)
+            if header.isdigit()
+            else estimate_tokens(len(request.payload) + len(response.content))
         )
         return response.content, tokens
 

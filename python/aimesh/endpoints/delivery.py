@@ -90,8 +90,10 @@ class Deliverer:
         self.histograms.setdefault(eid, _native.LatencyHistogram())
 
     def remove_endpoint(self, endpoint_id: str) -> None:
-        for table in (self.endpoints, self.breakers, self.histograms, self._slots):
-            table.pop(endpoint_id, None)  # type: ignore[attr-defined]
+        self.endpoints.pop(endpoint_id, None)
+        self.breakers.pop(endpoint_id, None)
+        self.histograms.pop(endpoint_id, None)
+        self._slots.pop(endpoint_id, None)
 
     def get(self, endpoint_id: str) -> EndpointMetrics | None:
         return self.endpoints.get(endpoint_id)
@@ -193,7 +195,7 @@ class Deliverer:
         return min(self.timeout_s, remaining)
 
     def _backoff(self, attempt: int, retry_after: float | None, request: DeliveryRequest) -> float:
-        delay = self.backoff_base_s * (2**attempt) * (1 + random.random() / 2)
+        delay: float = self.backoff_base_s * (2**attempt) * (1 + random.random() / 2)
         if retry_after is not None:
             delay = max(delay, retry_after)
         if request.deadline_ms is not None:

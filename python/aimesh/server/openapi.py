@@ -35,7 +35,7 @@ _MESSAGE_BODY = {
 
 def openapi_spec() -> dict[str, Any]:
     """The spec as a dict."""
-    admin = [{"bearerAuth": []}, {}]
+    admin: list[dict[str, list[str]]] = [{"bearerAuth": []}, {}]
     return {
         "openapi": "3.1.0",
         "info": {

@@ -46,7 +46,7 @@ def batch_to_protobuf(messages: list[AIMessage]) -> bytes:
     batch = pb2.MessageBatch()
     for m in messages:
         batch.messages.add().ParseFromString(message_to_protobuf(m))
-    return batch.SerializeToString(deterministic=True)
+    return bytes(batch.SerializeToString(deterministic=True))
 
 
 def _ack_pb(ack: Acknowledgment) -> pb2.Acknowledgment:

@@ -148,14 +148,20 @@ class SimulatorApp:
             headers = []
             if cfg.failure_status == 429:
                 headers.append((b"retry-after", str(cfg.retry_after_s).encode()))
-            await _json(send, cfg.failure_status, _error("simulated failure", "server_error"),
-                        headers)
+            await _json(
+                send, cfg.failure_status, _error("simulated failure", "server_error"), headers
+            )
             return cfg.failure_status
         if path == "/generate":
             tokens = max(1, len(body) // 4) + cfg.completion_tokens
             self.tokens += tokens
-            await _raw(send, 200, b"generated:" + body[::-1], b"application/octet-stream",
-                       [(b"x-tokens-used", str(tokens).encode())])
+            await _raw(
+                send,
+                200,
+                b"generated:" + body[::-1],
+                b"application/octet-stream",
+                [(b"x-tokens-used", str(tokens).encode())],
+            )
             return 200
         try:
             req = orjson.loads(body)
@@ -202,21 +208,32 @@ class SimulatorApp:
         return 200
 
     async def _stream(
-        self, send: Send, cid: str, created: int, model: str, text: str, usage: dict[str, int] | None
+        self,
+        send: Send,
+        cid: str,
+        created: int,
+        model: str,
+        text: str,
+        usage: dict[str, int] | None,
     ) -> None:
         cfg = self.config
         await send(
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
+                "headers": [
+                    (b"content-type", b"text/event-stream"),
+                    (b"cache-control", b"no-cache"),
+                ],
             }
         )
         n = max(1, cfg.stream_chunks)
         step = max(1, -(-len(text) // n))
         pieces = [text[i : i + step] for i in range(0, len(text), step)] or [""]
 
-        def chunk(delta: dict[str, Any], finish: str | None, extra: dict[str, Any] | None = None) -> bytes:
+        def chunk(
+            delta: dict[str, Any], finish: str | None, extra: dict[str, Any] | None = None
+        ) -> bytes:
             obj: dict[str, Any] = {
                 "id": cid,
                 "object": "chat.completion.chunk",
@@ -228,18 +245,39 @@ class SimulatorApp:
                 obj.update(extra)
             return b"data: " + orjson.dumps(obj) + b"\n\n"
 
-        await send({"type": "http.response.body", "body": chunk({"role": "assistant"}, None),
-                    "more_body": True})
+        await send(
+            {
+                "type": "http.response.body",
+                "body": chunk({"role": "assistant"}, None),
+                "more_body": True,
+            }
+        )
         for piece in pieces:
             await asyncio.sleep(cfg.chunk_delay_ms / 1000)
-            await send({"type": "http.response.body", "body": chunk({"content": piece}, None),
-                        "more_body": True})
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": chunk({"content": piece}, None),
+                    "more_body": True,
+                }
+            )
         await send({"type": "http.response.body", "body": chunk({}, "stop"), "more_body": True})
         if usage is not None:
-            final = {"id": cid, "object": "chat.completion.chunk", "created": created,
-                     "model": model, "choices": [], "usage": usage}
-            await send({"type": "http.response.body",
-                        "body": b"data: " + orjson.dumps(final) + b"\n\n", "more_body": True})
+            final = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": usage,
+            }
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"data: " + orjson.dumps(final) + b"\n\n",
+                    "more_body": True,
+                }
+            )
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
     async def _control(self, path: str, method: str, body: bytes, send: Send) -> None:
@@ -303,8 +341,11 @@ async def _raw(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode()),
-                        *headers],
+            "headers": [
+                (b"content-type", ctype),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
@@ -326,15 +367,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8101, help="listen port (default 8101)")
     parser.add_argument("--latency-ms", type=float, default=d.latency_ms, help="mean latency")
     parser.add_argument("--jitter-ms", type=float, default=d.jitter_ms, help="latency spread")
-    parser.add_argument("--dist", choices=DISTRIBUTIONS, default=d.dist, help="latency distribution")
-    parser.add_argument("--completion-tokens", type=int, default=d.completion_tokens,
-                        help="completion tokens reported per reply")
-    parser.add_argument("--failure-rate", type=float, default=d.failure_rate,
-                        help="share of requests that fail (0..1)")
-    parser.add_argument("--failure-status", type=int, default=d.failure_status,
-                        help="status code of failures (500, 503, 429...)")
-    parser.add_argument("--hang-rate", type=float, default=d.hang_rate,
-                        help="share of requests that never answer in time")
+    parser.add_argument(
+        "--dist", choices=DISTRIBUTIONS, default=d.dist, help="latency distribution"
+    )
+    parser.add_argument(
+        "--completion-tokens",
+        type=int,
+        default=d.completion_tokens,
+        help="completion tokens reported per reply",
+    )
+    parser.add_argument(
+        "--failure-rate",
+        type=float,
+        default=d.failure_rate,
+        help="share of requests that fail (0..1)",
+    )
+    parser.add_argument(
+        "--failure-status",
+        type=int,
+        default=d.failure_status,
+        help="status code of failures (500, 503, 429...)",
+    )
+    parser.add_argument(
+        "--hang-rate",
+        type=float,
+        default=d.hang_rate,
+        help="share of requests that never answer in time",
+    )
     parser.add_argument("--model", default=d.model, help="model name in replies")
     parser.add_argument("--stream-chunks", type=int, default=d.stream_chunks)
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible runs")

@@ -108,7 +108,9 @@ class SqliteStorage:
         self.path = self.data_dir / "aimesh.db"
         self.durable = durable
         self.clock = clock
-        self._queue: queue.SimpleQueue[tuple[Op, asyncio.Future[Any], asyncio.AbstractEventLoop] | None]
+        self._queue: queue.SimpleQueue[
+            tuple[Op, asyncio.Future[Any], asyncio.AbstractEventLoop] | None
+        ]
         self._queue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
@@ -137,7 +139,9 @@ class SqliteStorage:
             self._migrate(conn)
         except sqlite3.Error as e:
             self._unlock()
-            raise ServiceUnavailableError("storage_unavailable", f"cannot open {self.path}: {e}") from None
+            raise ServiceUnavailableError(
+                "storage_unavailable", f"cannot open {self.path}: {e}"
+            ) from None
         self._conn = conn
         self._thread = threading.Thread(target=self._writer, name="aimesh-sqlite", daemon=True)
         self._thread.start()
@@ -259,8 +263,18 @@ class SqliteStorage:
                 "INSERT OR IGNORE INTO messages (message_id, agent_id, body_hash, priority,"
                 " deadline_ms, status, message, ack, created_at_ms, updated_at_ms)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (msg.message_id, msg.agent_id, body_hash, msg.priority, msg.deadline_ms,
-                 status.value, blob, _ack_bytes(ack), now, now),
+                (
+                    msg.message_id,
+                    msg.agent_id,
+                    body_hash,
+                    msg.priority,
+                    msg.deadline_ms,
+                    status.value,
+                    blob,
+                    _ack_bytes(ack),
+                    now,
+                    now,
+                ),
             )
             if cur.rowcount == 1:
                 return PutResult(True, status, ack)
@@ -289,7 +303,9 @@ class SqliteStorage:
             )
             if cur.rowcount == 1:
                 return ack
-            row = c.execute("SELECT ack FROM messages WHERE message_id = ?", (message_id,)).fetchone()
+            row = c.execute(
+                "SELECT ack FROM messages WHERE message_id = ?", (message_id,)
+            ).fetchone()
             if row is None:
                 raise NotFoundError("message_not_found", f"no message {message_id!r}")
             return _ack_from(row[0]) or ack
@@ -306,8 +322,11 @@ class SqliteStorage:
             if row is None:
                 return None
             return StoredMessage(
-                AIMessage.from_protobuf(bytes(row[0])), AckStatus(row[1]), _ack_from(row[2]),
-                row[3], row[4],
+                AIMessage.from_protobuf(bytes(row[0])),
+                AckStatus(row[1]),
+                _ack_from(row[2]),
+                row[3],
+                row[4],
             )
 
         return await self._call(op)
@@ -498,7 +517,8 @@ class SqliteStorage:
 
         def op(c: sqlite3.Connection) -> DedupRecord | None:
             row = c.execute(
-                "SELECT message_id, ack, expires_at_ms FROM dedup WHERE key = ? AND expires_at_ms > ?",
+                "SELECT message_id, ack, expires_at_ms FROM dedup"
+                " WHERE key = ? AND expires_at_ms > ?",
                 (key, now),
             ).fetchone()
             if row is None:
@@ -509,13 +529,16 @@ class SqliteStorage:
 
         return await self._call(op)
 
-    async def dedup_put(self, key: bytes, message_id: str, ack: Acknowledgment, ttl_s: float) -> None:
+    async def dedup_put(
+        self, key: bytes, message_id: str, ack: Acknowledgment, ttl_s: float
+    ) -> None:
         expires = self._now_ms() + int(ttl_s * 1000)
         blob = _ack_bytes(ack)
 
         def op(c: sqlite3.Connection) -> None:
             c.execute(
-                "INSERT OR REPLACE INTO dedup (key, message_id, ack, expires_at_ms) VALUES (?,?,?,?)",
+                "INSERT OR REPLACE INTO dedup (key, message_id, ack, expires_at_ms)"
+                " VALUES (?, ?, ?, ?)",
                 (key, message_id, blob, expires),
             )
 
@@ -559,9 +582,11 @@ class SqliteStorage:
     async def delete_endpoint(self, endpoint_id: str) -> bool:
         return bool(
             await self._call(
-                lambda c: c.execute(
-                    "DELETE FROM endpoints WHERE endpoint_id = ?", (endpoint_id,)
-                ).rowcount
+                lambda c: (
+                    c.execute(
+                        "DELETE FROM endpoints WHERE endpoint_id = ?", (endpoint_id,)
+                    ).rowcount
+                )
             )
         )
 
