@@ -50,7 +50,8 @@ async def test_budget_exact_under_1000_concurrent_reservations(tmp_path):
     info = await s.get_budget("agent")
     assert (info.reserved_tokens, info.remaining_tokens) == (1000, 0)
     usage = [random.randint(0, 10) for _ in admitted]
-    await asyncio.gather(*(s.settle(r.reservation_id, u) for r, u in zip(admitted, usage)))
+    settles = (s.settle(r.reservation_id, u) for r, u in zip(admitted, usage, strict=True))
+    await asyncio.gather(*settles)
     await asyncio.gather(*(s.settle(r.reservation_id, 99) for r in admitted))  # idempotent
     info = await s.get_budget("agent")
     assert info.reserved_tokens == 0
