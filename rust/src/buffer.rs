@@ -202,6 +202,9 @@ pub struct MessageRef<'a> {
     pub timestamp: u64,
     raw: &'a [u8],
     has_repeated: bool,
+    // metadata["model"] (the route group), kept at decode time because the
+    // batch path reads it for every message.
+    model: Option<&'a str>,
 }
 
 impl<'a> MessageRef<'a> {
@@ -264,7 +267,10 @@ impl<'a> MessageRef<'a> {
                 }
                 12 => {
                     expect(wire, LEN, "metadata")?;
-                    map_entry(r.bytes()?)?;
+                    let (k, v) = map_entry(r.bytes()?)?;
+                    if k == "model" {
+                        m.model = Some(v);
+                    }
                     m.has_repeated = true;
                 }
                 13 => {
@@ -325,6 +331,9 @@ impl<'a> MessageRef<'a> {
     /// building the map: the batch path reads `model` this way.
     #[inline]
     pub fn metadata_get(&self, key: &str) -> Option<&'a str> {
+        if key == "model" {
+            return self.model;
+        }
         let mut found = None;
         self.each_repeated(|field, b| {
             if field == 12 {

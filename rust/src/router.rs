@@ -525,10 +525,14 @@ impl RouterCore {
         let slots: Vec<Arc<Slot>> = t.slots.clone();
         drop(t);
 
-        // Per-group candidate lists, built once per batch.
-        let mut group_of: HashMap<&str, Vec<usize>> = HashMap::new();
+        // Per-group candidate lists, built once per batch. A handful of
+        // groups: a linear scan beats hashing every message's group.
+        let mut group_of: Vec<(&str, Vec<usize>)> = Vec::new();
         for (i, s) in snaps.iter().enumerate() {
-            group_of.entry(s.group.as_str()).or_default().push(i);
+            match group_of.iter_mut().find(|(g, _)| *g == s.group.as_str()) {
+                Some((_, members)) => members.push(i),
+                None => group_of.push((s.group.as_str(), vec![i])),
+            }
         }
         let all: Vec<usize> = (0..snaps.len()).collect();
         let mut load: Vec<u32> = snaps.iter().map(|s| s.load).collect();
@@ -548,8 +552,9 @@ impl RouterCore {
                 m.validate(now_ms, MAX_PAYLOAD_BYTES)?;
                 let cands: &[usize] = match m.metadata_get("model") {
                     Some(g) if !g.is_empty() => group_of
-                        .get(g)
-                        .map(Vec::as_slice)
+                        .iter()
+                        .find(|(name, _)| *name == g)
+                        .map(|(_, members)| members.as_slice())
                         .ok_or(Rejection::UnknownGroup)?,
                     _ => &all,
                 };
