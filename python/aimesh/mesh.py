@@ -152,6 +152,8 @@ class AiMesh:
         for b in cfg.budgets:
             if await self._storage.get_budget(b.agent_id) is None:
                 await self._storage.set_budget(b.agent_id, b.tokens, b.reset_at, b.period_s)
+        for info in await self._storage.list_budgets():
+            self._cache_budget(info)
         self._wakeup = asyncio.Event()
         self._async_wakeup = asyncio.Event()
         self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="aimesh-dispatch")
@@ -415,17 +417,21 @@ class AiMesh:
                 f"estimated {tokens} tokens exceed the message's budget_tokens {msg.budget_tokens}",
             )
         reservation = f"{msg.message_id}"
-        try:
-            await self.storage.reserve(msg.agent_id, reservation, tokens)
-        except BudgetExceededError:
-            self.metrics.rejected("budget_exceeded")
-            raise
+        # This process owns its storage, so the set of agents with a budget
+        # is known here: agents without one skip the storage round trip.
+        if msg.agent_id in self.budget_cache:
+            try:
+                await self.storage.reserve(msg.agent_id, reservation, tokens)
+            except BudgetExceededError:
+                self.metrics.rejected("budget_exceeded")
+                raise
         loop = asyncio.get_running_loop()
         job = _Job(msg, reservation, time.perf_counter(), loop.create_future())
         try:
             job.seq = self.queue.push(job, msg.priority, msg.deadline_ms)
         except QueueFullError as e:
-            await self.storage.release(reservation)
+            if msg.agent_id in self.budget_cache:
+                await self.storage.release(reservation)
             self.metrics.rejected("queue_full")
             e.retry_after = QUEUE_RETRY_AFTER_S
             raise
@@ -465,7 +471,8 @@ class AiMesh:
             task.add_done_callback(done)
 
     async def _expire(self, job: _Job) -> None:
-        await self.storage.release(job.reservation_id)
+        if job.message.agent_id in self.budget_cache:
+            await self.storage.release(job.reservation_id)
         ack = Acknowledgment(
             original_message_id=job.message.message_id,
             status=AckStatus.FAILED,
@@ -515,10 +522,11 @@ class AiMesh:
             )
         finally:
             # Settle even on cancellation so a reservation never leaks.
-            with contextlib.suppress(Exception):
-                info = await asyncio.shield(self.storage.settle(job.reservation_id, used))
-                if info is not None:
-                    self._cache_budget(info)
+            if msg.agent_id in self.budget_cache:
+                with contextlib.suppress(Exception):
+                    info = await asyncio.shield(self.storage.settle(job.reservation_id, used))
+                    if info is not None:
+                        self._cache_budget(info)
             if ack is None:
                 ack = Acknowledgment(
                     original_message_id=msg.message_id,

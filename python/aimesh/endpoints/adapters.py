@@ -3,20 +3,34 @@ and how the answer becomes a result and a token count."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-import httpx
+import aiohttp
 import orjson
+from multidict import CIMultiDictProxy
 
 from aimesh.endpoints.base import DeliveryRequest, EndpointFailure
 from aimesh.models import EndpointMetrics, estimate_tokens
 
 
+@dataclass(slots=True)
+class UpstreamResponse:
+    status: int
+    headers: CIMultiDictProxy[str]
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+
 class Adapter(Protocol):
     async def call(
         self,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
         endpoint: EndpointMetrics,
         request: DeliveryRequest,
         timeout: float,
@@ -50,19 +64,26 @@ def _common_headers(request: DeliveryRequest) -> dict[str, str]:
 
 
 async def _post(
-    client: httpx.AsyncClient, url: str, content: bytes, headers: dict[str, str], timeout: float
-) -> httpx.Response:
+    client: aiohttp.ClientSession,
+    url: str,
+    content: bytes,
+    headers: dict[str, str],
+    timeout: float,
+) -> UpstreamResponse:
     try:
-        response = await client.post(url, content=content, headers=headers, timeout=timeout)
-    except httpx.TimeoutException:
+        async with client.post(
+            url, data=content, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+        ) as r:
+            response = UpstreamResponse(r.status, r.headers, await r.read())
+    except asyncio.TimeoutError:
         raise EndpointFailure(
             "upstream_timeout", f"no answer within {timeout:.3f}s", retryable=True
         ) from None
-    except httpx.TransportError as e:
+    except aiohttp.ClientError as e:
         raise EndpointFailure(
             "upstream_unreachable", f"{type(e).__name__}: {e}", retryable=True
         ) from None
-    if response.status_code == 429 or response.status_code >= 500:
+    if response.status == 429 or response.status >= 500:
         retry_after = None
         header = response.headers.get("retry-after")
         if header:
@@ -72,17 +93,17 @@ async def _post(
                 retry_after = None
         raise EndpointFailure(
             "upstream_error",
-            f"upstream answered {response.status_code}",
+            f"upstream answered {response.status}",
             retryable=True,
-            status=response.status_code,
+            status=response.status,
             retry_after=retry_after,
         )
-    if response.status_code >= 400:
+    if response.status >= 400:
         raise EndpointFailure(
             "upstream_rejected",
-            f"upstream answered {response.status_code}: {response.text[:200]}",
+            f"upstream answered {response.status}: {response.text[:200]}",
             retryable=False,
-            status=response.status_code,
+            status=response.status,
         )
     return response
 
@@ -125,7 +146,7 @@ class OpenAIAdapter:
 
     async def call(
         self,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
         endpoint: EndpointMetrics,
         request: DeliveryRequest,
         timeout: float,
@@ -155,7 +176,7 @@ class HttpAdapter:
 
     async def call(
         self,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
         endpoint: EndpointMetrics,
         request: DeliveryRequest,
         timeout: float,

@@ -6,6 +6,13 @@ caller gets its answer only after its commit, and throughput grows with
 load. Each operation runs inside its own savepoint, so one that fails (say,
 a budget that does not fit) leaves the others of the batch untouched.
 
+Durability: the database is in WAL mode, where a committed transaction
+survives a crash of the process (even SIGKILL) with ``synchronous=NORMAL``;
+``synchronous=FULL`` (an fsync per commit) also survives power loss. A group
+that holds a *durable* operation (accepting an async message) is committed
+with FULL when ``durable=True``; everything else (budgets, acks, dedup) with
+NORMAL, so the common path does not wait for the disk.
+
 Budgets are exact because check-and-reserve is a single conditional UPDATE
 executed by the only writer. One process owns a data directory (a lock file
 makes a second one fail clearly).
@@ -22,6 +29,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,6 +47,15 @@ from aimesh.storage.base import DedupRecord, PutResult, Reservation, StoredMessa
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
+
+
+@dataclass(slots=True)
+class _Item:
+    op: Op
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+    durable: bool
+
 
 SCHEMA_VERSION = 1
 MAX_GROUP = 2048
@@ -108,10 +125,8 @@ class SqliteStorage:
         self.path = self.data_dir / "aimesh.db"
         self.durable = durable
         self.clock = clock
-        self._queue: queue.SimpleQueue[
-            tuple[Op, asyncio.Future[Any], asyncio.AbstractEventLoop] | None
-        ]
-        self._queue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._sync_mode = ""
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
@@ -134,7 +149,7 @@ class SqliteStorage:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
+            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=5000")
             self._migrate(conn)
         except sqlite3.Error as e:
@@ -200,19 +215,28 @@ class SqliteStorage:
                     stop = True
                     break
                 batch.append(item)
-            results = self._run_group(conn, batch)
-            for (_, fut, loop), (value, error) in zip(batch, results, strict=True):
-                loop.call_soon_threadsafe(_resolve, fut, value, error)
+            try:
+                results = self._run_group(conn, batch)
+            except Exception as e:  # never let the writer die with callers waiting
+                err = ServiceUnavailableError(
+                    "storage_unavailable", f"storage error: {e}", retry_after=1
+                )
+                results = [(None, err) for _ in batch]
+            for item, (value, error) in zip(batch, results, strict=True):
+                item.loop.call_soon_threadsafe(_resolve, item.future, value, error)
 
     def _run_group(
-        self,
-        conn: sqlite3.Connection,
-        batch: list[tuple[Op, asyncio.Future[Any], asyncio.AbstractEventLoop]],
+        self, conn: sqlite3.Connection, batch: list[_Item]
     ) -> list[tuple[Any, BaseException | None]]:
         results: list[tuple[Any, BaseException | None]] = []
         try:
+            mode = "FULL" if self.durable and any(i.durable for i in batch) else "NORMAL"
+            if mode != self._sync_mode:
+                conn.execute(f"PRAGMA synchronous={mode}")
+                self._sync_mode = mode
             conn.execute("BEGIN IMMEDIATE")
-            for op, _, _ in batch:
+            for item in batch:
+                op = item.op
                 conn.execute("SAVEPOINT op")
                 try:
                     value = op(conn)
@@ -233,12 +257,12 @@ class SqliteStorage:
             return [(None, _unavailable(e)) for _ in batch]
         return results
 
-    async def _call(self, op: Callable[[sqlite3.Connection], T]) -> T:
+    async def _call(self, op: Callable[[sqlite3.Connection], T], *, durable: bool = False) -> T:
         if self._thread is None:
             raise ServiceUnavailableError("storage_closed", "storage is not open", retry_after=1)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._queue.put((op, fut, loop))
+        self._queue.put(_Item(op, fut, loop, durable))
         # Shielded: once queued, the operation runs; a cancelled caller must
         # not leave its future to be resolved on a dead loop.
         return await asyncio.shield(fut)
@@ -289,7 +313,8 @@ class SqliteStorage:
                 )
             return PutResult(False, AckStatus(row[1]), _ack_from(row[2]))
 
-        return await self._call(op)
+        # Accepting a message (status RECEIVED) is what must survive power loss.
+        return await self._call(op, durable=status is AckStatus.RECEIVED)
 
     async def complete_message(self, message_id: str, ack: Acknowledgment) -> Acknowledgment:
         now = self._now_ms()
