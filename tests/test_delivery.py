@@ -171,3 +171,18 @@ def test_breaker_states_with_an_injected_clock():
     assert b.allow()
     b.success()
     assert b.state == b.CLOSED and b.allow()
+
+
+async def test_active_health_checks_mark_endpoints(sims):
+    up = sims()
+    d = setup(
+        EndpointMetrics("up", url=up.url),
+        EndpointMetrics("down", url="http://127.0.0.1:9"),  # nothing listens there
+    )
+    try:
+        assert await d.check_health() == {"up": True, "down": False}
+        assert d.router.endpoint("down").health == "unhealthy"
+        assert d.router.endpoint("up").health == "healthy"
+        assert d.router.route().target_endpoint == "up"
+    finally:
+        await d.aclose()
