@@ -236,6 +236,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=os.environ.get("AIMESH_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # The SDK's HTTP client logs every request at INFO; a CLI user wants the
+    # answer, not the transport chatter.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

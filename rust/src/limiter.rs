@@ -240,18 +240,46 @@ impl<L: Limit> Keyed<L> {
     }
 }
 
-fn answer(r: Option<f64>) -> (bool, f64) {
-    match r {
-        None => (true, 0.0),
-        Some(w) => (false, w),
+/// A locked [`Keyed`] with its own monotonic clock: what both Python
+/// classes wrap.
+struct Shared<L: Limit> {
+    inner: Mutex<Keyed<L>>,
+    epoch: Instant,
+}
+
+impl<L: Limit> Shared<L> {
+    fn new(
+        cfg: L::Config,
+        global: Option<L::Config>,
+        max_keys: usize,
+    ) -> Result<Self, NativeError> {
+        if max_keys == 0 {
+            return Err(invalid("max_keys must be > 0"));
+        }
+        Ok(Self {
+            inner: Mutex::new(Keyed::new(cfg, global, max_keys, 0.0)),
+            epoch: Instant::now(),
+        })
+    }
+
+    /// `(true, 0.0)` when admitted, else `(false, retry_after_s)`.
+    fn acquire(&self, key: &str, n: i64, now: Option<f64>) -> Result<(bool, f64), NativeError> {
+        let now = now.unwrap_or_else(|| self.epoch.elapsed().as_secs_f64());
+        Ok(match self.inner.lock().try_acquire(key, n as f64, now)? {
+            None => (true, 0.0),
+            Some(wait) => (false, wait),
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.inner.lock().len()
     }
 }
 
 /// Per-key token buckets with an optional global bucket. Thread-safe.
 #[pyclass(frozen, module = "aimesh._native")]
 pub struct TokenBucket {
-    inner: Mutex<Keyed<Bucket>>,
-    epoch: Instant,
+    shared: Shared<Bucket>,
 }
 
 #[pymethods]
@@ -279,31 +307,25 @@ impl TokenBucket {
                 })
             }
         };
-        if max_keys == 0 {
-            return Err(invalid("max_keys must be > 0").into());
-        }
         Ok(Self {
-            inner: Mutex::new(Keyed::new(cfg, global, max_keys, 0.0)),
-            epoch: Instant::now(),
+            shared: Shared::new(cfg, global, max_keys)?,
         })
     }
 
     #[pyo3(signature = (key, n=1, now=None))]
     fn try_acquire(&self, key: &str, n: i64, now: Option<f64>) -> PyResult<(bool, f64)> {
-        let now = now.unwrap_or_else(|| self.epoch.elapsed().as_secs_f64());
-        Ok(answer(self.inner.lock().try_acquire(key, n as f64, now)?))
+        Ok(self.shared.acquire(key, n, now)?)
     }
 
     fn __len__(&self) -> usize {
-        self.inner.lock().len()
+        self.shared.len()
     }
 }
 
 /// Per-key exact sliding windows with an optional global one. Thread-safe.
 #[pyclass(frozen, module = "aimesh._native")]
 pub struct SlidingWindow {
-    inner: Mutex<Keyed<Window>>,
-    epoch: Instant,
+    shared: Shared<Window>,
 }
 
 #[pymethods]
@@ -328,23 +350,18 @@ impl SlidingWindow {
                 window,
             }),
         };
-        if max_keys == 0 {
-            return Err(invalid("max_keys must be > 0").into());
-        }
         Ok(Self {
-            inner: Mutex::new(Keyed::new(cfg, global, max_keys, 0.0)),
-            epoch: Instant::now(),
+            shared: Shared::new(cfg, global, max_keys)?,
         })
     }
 
     #[pyo3(signature = (key, n=1, now=None))]
     fn try_acquire(&self, key: &str, n: i64, now: Option<f64>) -> PyResult<(bool, f64)> {
-        let now = now.unwrap_or_else(|| self.epoch.elapsed().as_secs_f64());
-        Ok(answer(self.inner.lock().try_acquire(key, n as f64, now)?))
+        Ok(self.shared.acquire(key, n, now)?)
     }
 
     fn __len__(&self) -> usize {
-        self.inner.lock().len()
+        self.shared.len()
     }
 }
 

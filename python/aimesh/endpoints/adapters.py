@@ -55,8 +55,11 @@ def _auth_headers(endpoint: EndpointMetrics) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
 
 
-def _common_headers(request: DeliveryRequest) -> dict[str, str]:
-    headers = {"x-aimesh-message-id": request.message_id}
+def _headers(endpoint: EndpointMetrics, request: DeliveryRequest, ctype: str) -> dict[str, str]:
+    """Headers of an upstream request: content type, the key (if any), the
+    message id (an idempotency hint for upstreams) and the trace id."""
+    headers = {"content-type": ctype, **_auth_headers(endpoint)}
+    headers["x-aimesh-message-id"] = request.message_id
     if request.trace_id:
         headers["x-aimesh-trace-id"] = request.trace_id
     headers.update(request.headers)
@@ -151,11 +154,7 @@ class OpenAIAdapter:
         request: DeliveryRequest,
         timeout: float,
     ) -> tuple[bytes, int]:
-        headers = {
-            "content-type": "application/json",
-            **_auth_headers(endpoint),
-            **_common_headers(request),
-        }
+        headers = _headers(endpoint, request, "application/json")
         body = orjson.dumps(chat_body(endpoint, request.payload))
         response = await _post(client, chat_url(endpoint.url), body, headers, timeout)
         try:
@@ -181,11 +180,7 @@ class HttpAdapter:
         request: DeliveryRequest,
         timeout: float,
     ) -> tuple[bytes, int]:
-        headers = {
-            "content-type": "application/octet-stream",
-            **_auth_headers(endpoint),
-            **_common_headers(request),
-        }
+        headers = _headers(endpoint, request, "application/octet-stream")
         response = await _post(client, endpoint.url, request.payload, headers, timeout)
         header = response.headers.get("x-tokens-used", "")
         tokens = (
