@@ -42,12 +42,13 @@ test-rust:
 test-python:
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-lint: $(VENV)/.deps
+lint: build
 	cargo fmt --check
 	cargo clippy --quiet --all-targets -- -D warnings
 	$(BIN)/ruff check python tests benches scripts
 	$(BIN)/ruff format --check python tests benches scripts
 	$(BIN)/mypy
+	$(BIN)/python -m mypy.stubtest aimesh._native --allowlist scripts/stubtest-allowlist.txt
 	$(BIN)/python scripts/gen_proto.py --check
 
 fmt: $(VENV)/.deps

@@ -174,3 +174,19 @@ def test_health_ready_and_unknown_routes(sims, gateways):
         r = c.put("/messages")
         assert r.status_code == 405
         assert r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_full_queue_answers_503_with_retry_after(sims, gateways):
+    sim = sims("--latency-ms", "500", "--jitter-ms", "0")
+    gw = gateways(
+        [openai_endpoint(sim, "sim")],
+        limits={"max_inflight": 1, "queue_capacity": 2, "rate_limit_rps": 1000},
+    )
+    bodies = [{"agent_id": "q", "payload_text": f"m{i}"} for i in range(8)]
+    responses = asyncio.run(send_many(gw.url, bodies))
+    full = [r for r in responses if r.status_code == 503]
+    ok = [r for r in responses if r.status_code == 200]
+    assert full and ok and len(full) + len(ok) == 8
+    assert all(r.json()["error"]["code"] == "queue_full" for r in full)
+    assert all(int(r.headers["retry-after"]) >= 1 for r in full)
+    assert all(r.json()["status"] == "success" for r in ok)

@@ -196,6 +196,8 @@ async def test_public_bind_without_admin_key_refuses_changes():
 
 def test_metrics_parse_and_stats(gw):
     with gw.client() as c:
+        c.post("/budgets", json={"agent_id": "budgeted", "tokens": 500})
+        c.post("/messages", json={"agent_id": "budgeted", "payload_text": "x"})
         for i in range(5):
             c.post("/messages", json={"agent_id": "m", "payload_text": f"x{i}"})
         c.post("/messages", json={"agent_id": "BAD", "payload_text": "x"})
@@ -209,14 +211,20 @@ def test_metrics_parse_and_stats(gw):
         if s.name == "aimesh_messages_total"
         and s.labels == {"status": "success", "endpoint": "sim"}
     ]
-    assert success and success[0].value == 5
+    assert success and success[0].value == 6
     assert "aimesh_processing_latency_seconds" in families
     assert "aimesh_queue_depth" in families
     assert "aimesh_endpoint_latency_p99_seconds" in families
-    assert stats["messages"]["success"] == 5
+    remaining = [
+        s
+        for s in families["aimesh_budget_remaining_tokens"].samples
+        if s.labels == {"agent": "budgeted"}
+    ]
+    assert remaining and 0 < remaining[0].value < 500
+    assert stats["messages"]["success"] == 6
     assert stats["tokens_used"] > 0
     ep = stats["endpoints"]["sim"]
-    assert ep["requests"] == 5
+    assert ep["requests"] == 6
     assert 0 < ep["latency_ms"]["p50"] <= ep["latency_ms"]["p99"] <= ep["latency_ms"]["p999"]
 
 

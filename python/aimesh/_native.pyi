@@ -73,11 +73,11 @@ class MessageBuffer:
     """A buffer of length-prefixed AIMessage frames, decoded without copying
     payloads. Index or iterate it to get :class:`MessageView` objects."""
 
-    def __init__(self, data: _Buffer, max_frame_bytes: int = ...) -> None:
+    def __new__(cls, data: _Buffer, max_frame_bytes: int = ...) -> MessageBuffer:
         """Decode every frame of ``data``; raise ``FrameError`` (codes
         ``truncated_frame``, ``frame_too_large``, ``invalid_protobuf``)."""
     def __len__(self) -> int: ...
-    def __getitem__(self, index: int) -> MessageView: ...
+    def __getitem__(self, index: int, /) -> MessageView: ...
     def __iter__(self) -> Iterator[MessageView]: ...
     @property
     def nbytes(self) -> int:
@@ -235,13 +235,13 @@ class Router:
     saturated ones (``current_load >= capacity``) are never chosen.
     Thread-safe."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         w_cost: float = 0.4,
         w_load: float = 0.3,
         w_latency: float = 0.3,
         normalize: bool = True,
-    ) -> None: ...
+    ) -> Router: ...
     @property
     def weights(self) -> tuple[float, float, float]: ...
     @property
@@ -305,15 +305,15 @@ class TokenBucket:
     is consumed. Idle keys are evicted so the key map stays bounded by
     ``max_keys``. Thread-safe and exact."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         rate: float,
         burst: float,
         *,
         global_rate: float | None = None,
         global_burst: float | None = None,
         max_keys: int = 100_000,
-    ) -> None: ...
+    ) -> TokenBucket: ...
     def try_acquire(self, key: str, n: int = 1, now: float | None = None) -> tuple[bool, float]:
         """``(True, 0.0)`` when admitted, else ``(False, retry_after_s)``.
         ``now`` is seconds on a monotonic clock (for tests); by default the
@@ -327,14 +327,14 @@ class SlidingWindow:
     any window of ``window_s`` seconds) with an optional global one.
     Thread-safe; the key map stays bounded by ``max_keys``."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         limit: int,
         window_s: float,
         *,
         global_limit: int | None = None,
         max_keys: int = 100_000,
-    ) -> None: ...
+    ) -> SlidingWindow: ...
     def try_acquire(self, key: str, n: int = 1, now: float | None = None) -> tuple[bool, float]:
         """Same contract as :meth:`TokenBucket.try_acquire`."""
     def __len__(self) -> int: ...
@@ -348,7 +348,7 @@ class PriorityQueue:
     """Bounded priority queue of Python objects: higher priority first, then
     earlier deadline (no deadline last), then arrival order. Thread-safe."""
 
-    def __init__(self, capacity: int) -> None: ...
+    def __new__(cls, capacity: int) -> PriorityQueue: ...
     @property
     def capacity(self) -> int: ...
     def __len__(self) -> int: ...
@@ -384,7 +384,7 @@ class DedupTable:
     """TTL table of dedup keys -> Python objects, bounded by ``max_entries``
     (oldest evicted first). Thread-safe."""
 
-    def __init__(self, ttl_s: float, max_entries: int = 1_000_000) -> None: ...
+    def __new__(cls, ttl_s: float, max_entries: int = 1_000_000) -> DedupTable: ...
     def insert_if_absent(
         self, key: bytes, value: object, now: float | None = None
     ) -> tuple[bool, object]:
@@ -407,12 +407,12 @@ class LatencyHistogram:
     bounded memory and ``significant_figures`` of precision. Mergeable.
     Thread-safe."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         lowest_ms: float = 0.001,
         highest_ms: float = 3_600_000.0,
         significant_figures: int = 3,
-    ) -> None: ...
+    ) -> LatencyHistogram: ...
     def record(self, value_ms: float, count: int = 1) -> None:
         """Values outside the range are clamped into it."""
     def record_many(self, values: Sequence[float]) -> None: ...
