@@ -86,6 +86,45 @@ class MessageBuffer:
 def decode_frames(data: _Buffer, max_frame_bytes: int = ...) -> MessageBuffer:
     """Same as ``MessageBuffer(data, max_frame_bytes)``."""
 
+def decode_batch(data: _Buffer, max_frame_bytes: int = ...) -> MessageBuffer:
+    """Decode the AIMessages of one ``MessageBatch`` protobuf body (no
+    length prefix) without copying payloads; ``FrameError`` if malformed or
+    if one message is larger than ``max_frame_bytes``."""
+
+@final
+class RawFrame:
+    """One complete frame body from :class:`FrameDecoder`, still inside the
+    bytes it arrived in."""
+
+    def __len__(self) -> int: ...
+    def view(self) -> memoryview:
+        """The body as a zero-copy memoryview."""
+    def tobytes(self) -> bytes:
+        """The body as new ``bytes``."""
+    def message(self) -> MessageView:
+        """Decode the body as one AIMessage (payload not copied);
+        ``FrameError`` if it is not valid protobuf."""
+    def batch(self, max_frame_bytes: int = ...) -> MessageBuffer:
+        """Decode the body as one ``MessageBatch`` (payloads not copied)."""
+
+@final
+class FrameDecoder:
+    """Incremental reader of length-prefixed frames from a stream that
+    arrives in pieces. Frames inside one piece are views of it; only a frame
+    split across pieces is copied. A header announcing more than
+    ``max_frame_bytes`` raises ``FrameError("frame_too_large")`` at once,
+    before the body arrives, and the decoder refuses any further input."""
+
+    def __new__(cls, max_frame_bytes: int = ...) -> FrameDecoder: ...
+    def feed(self, data: _Buffer) -> list[RawFrame]:
+        """Add the next piece; answer the frames it completes, in order."""
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes held for a frame that is not complete yet."""
+    def finish(self) -> None:
+        """The stream ended: ``FrameError("truncated_frame")`` if it stopped
+        inside a frame."""
+
 def decode_message(data: _Buffer) -> MessageView:
     """Decode one protobuf AIMessage (no length prefix)."""
 
@@ -274,7 +313,7 @@ class Router:
         ``RoutingError`` (``no_endpoint_available``) when none is eligible."""
     def route_batch(
         self,
-        frames: _Buffer,
+        frames: _Buffer | MessageBuffer,
         now_ms: int | None = None,
         commit_load: bool = False,
         max_frame_bytes: int = ...,
@@ -286,7 +325,10 @@ class Router:
         spreads over endpoints and never over-fills one; with
         ``commit_load=True`` that load is added to the live state (the
         caller then records each finish). Invalid messages are rejected
-        with their validation code; broken framing raises ``FrameError``."""
+        with their validation code; broken framing raises ``FrameError``.
+        ``frames`` may also be an already decoded :class:`MessageBuffer`
+        (from :func:`decode_frames` or :func:`decode_batch`): it is routed
+        without a second scan."""
     def record_start(self, endpoint_id: str) -> None:
         """A delivery to the endpoint started (load + 1)."""
     def record_finish(self, endpoint_id: str, latency_ms: float, success: bool) -> None:

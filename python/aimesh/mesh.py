@@ -36,6 +36,7 @@ from aimesh.errors import (
     RateLimitError,
     RoutingError,
     ServiceUnavailableError,
+    ValidationError,
 )
 from aimesh.metrics import MeshMetrics
 from aimesh.models import (
@@ -267,22 +268,24 @@ class AiMesh:
 
     # -- the pipeline -------------------------------------------------------------
 
-    def admit(self, msg: AIMessage, *, key: str | None = None) -> None:
+    def admit(self, msg: AIMessage, *, key: str | None = None, validated: bool = False) -> None:
         """Stages that need no I/O: validate, check the route group, rate
-        limit. Raise the matching error."""
+        limit. Raise the matching error. ``validated=True`` when a native
+        batch pass already applied the protocol rules and the group check."""
         if self._draining:
             raise ServiceUnavailableError("draining", "the gateway is shutting down", retry_after=1)
-        _native.validate_fields(
-            msg.agent_id,
-            len(msg.payload),
-            msg.budget_tokens,
-            msg.deadline_ms,
-            msg.priority,
-            max_payload_bytes=self.config.max_payload_bytes,
-        )
-        group = msg.group
-        if group is not None and group not in self.router.groups():
-            raise NotFoundError("unknown_group", f"no endpoints serve model {group!r}")
+        if not validated or self.config.max_payload_bytes < _native.MAX_PAYLOAD_BYTES:
+            _native.validate_fields(
+                msg.agent_id,
+                len(msg.payload),
+                msg.budget_tokens,
+                msg.deadline_ms,
+                msg.priority,
+                max_payload_bytes=self.config.max_payload_bytes,
+            )
+            group = msg.group
+            if group is not None and group not in self.router.groups():
+                raise NotFoundError("unknown_group", f"no endpoints serve model {group!r}")
         allowed, retry_after = self.limiter.try_acquire(key or msg.agent_id)
         if not allowed:
             self.metrics.rejected("rate_limited")
@@ -302,22 +305,26 @@ class AiMesh:
                 f"message_id {msg.message_id} was already used with another body",
             )
 
-    async def process_message(self, msg: AIMessage, *, key: str | None = None) -> Acknowledgment:
+    async def process_message(
+        self, msg: AIMessage, *, key: str | None = None, validated: bool = False
+    ) -> Acknowledgment:
         """Run the whole pipeline for one message and answer its
         acknowledgment (``success``, ``failed`` or ``duplicate``)."""
         self._require_started()
-        self.admit(msg, key=key)
+        self.admit(msg, key=key, validated=validated)
         self.check_idempotency(msg)
         ack = await self._run(msg)
         self._spawn(self._record_sync(msg, ack))
         return ack
 
-    async def submit(self, msg: AIMessage, *, key: str | None = None) -> Acknowledgment:
+    async def submit(
+        self, msg: AIMessage, *, key: str | None = None, validated: bool = False
+    ) -> Acknowledgment:
         """Async mode: admit, write the message to disk, answer ``received``.
         Workers deliver it later in priority order; the final ack is read
         with :meth:`get_message`."""
         self._require_started()
-        self.admit(msg, key=key)
+        self.admit(msg, key=key, validated=validated)
         if len(self._async_backlog) >= self._async_backlog.capacity:
             raise QueueFullError("queue_full", "async backlog is full", retry_after=1)
         result = await self.storage.put_message(msg, body_hash(msg))
@@ -332,19 +339,75 @@ class AiMesh:
             trace_id=msg.trace_id,
         )
 
+    async def handle(
+        self,
+        msg: AIMessage,
+        *,
+        async_mode: bool = False,
+        key: str | None = None,
+        validated: bool = False,
+    ) -> Acknowledgment:
+        """One message through the sync pipeline (:meth:`process_message`)
+        or the async one (:meth:`submit`); a rejection becomes a
+        ``rejected`` acknowledgment with its code instead of an exception.
+        The transports answer every message of a batch or stream this way."""
+        try:
+            if async_mode:
+                return await self.submit(msg, key=key, validated=validated)
+            return await self.process_message(msg, key=key, validated=validated)
+        except AiMeshError as e:
+            return _error_ack(msg, e)
+
     async def process_batch(
-        self, messages: Iterable[AIMessage], *, key: str | None = None
+        self,
+        messages: Iterable[AIMessage],
+        *,
+        async_mode: bool = False,
+        key: str | None = None,
     ) -> list[Acknowledgment]:
-        """Process many messages concurrently; each gets an ack (a message
-        rejected before delivery gets a ``rejected`` ack with its code)."""
+        """Process many messages concurrently; each gets an ack, in order (a
+        message rejected before delivery gets a ``rejected`` ack with its
+        code)."""
+        return list(
+            await asyncio.gather(
+                *(self.handle(m, async_mode=async_mode, key=key) for m in messages)
+            )
+        )
 
-        async def one(m: AIMessage) -> Acknowledgment:
-            try:
-                return await self.process_message(m, key=key)
-            except AiMeshError as e:
-                return _error_ack(m, e)
-
-        return list(await asyncio.gather(*(one(m) for m in messages)))
+    async def process_buffer(
+        self,
+        batch: _native.MessageBuffer,
+        *,
+        async_mode: bool = False,
+        key: str | None = None,
+    ) -> list[Acknowledgment]:
+        """A natively decoded batch (:func:`aimesh._native.decode_batch` or
+        :func:`~aimesh._native.decode_frames`). Validation, the route-group
+        check and a first routing pass run over the whole batch in one
+        native call; messages it refuses are answered at once with their
+        code, the others go through the pipeline like :meth:`process_batch`."""
+        self._require_started()
+        verdict = self.router.route_batch(batch)
+        reasons = verdict.reasons
+        codes = _native.REJECTION_CODES
+        acks: list[Acknowledgment | None] = [None] * len(batch)
+        admitted: list[tuple[int, AIMessage]] = []
+        for i, view in enumerate(batch):
+            reason = reasons[i]
+            msg = AIMessage.from_view(view)
+            # Busy endpoints are not a reason to refuse: the queue waits
+            # for capacity. Every other code is final.
+            if reason == 0 or codes[reason] == "no_endpoint_available":
+                admitted.append((i, msg))
+            else:
+                self.metrics.rejected(codes[reason])
+                acks[i] = _error_ack(msg, _batch_rejection(codes[reason]))
+        done = await asyncio.gather(
+            *(self.handle(m, async_mode=async_mode, key=key, validated=True) for _, m in admitted)
+        )
+        for (i, _), ack in zip(admitted, done, strict=True):
+            acks[i] = ack
+        return [a for a in acks if a is not None]
 
     def route(self, msg: AIMessage) -> RoutingDecision:
         """Dry run: the routing decision for ``msg``; nothing is delivered."""
@@ -638,6 +701,12 @@ def _error_ack(msg: AIMessage, e: AiMeshError) -> Acknowledgment:
         retry_after_s=e.retry_after or 0.0,
         trace_id=msg.trace_id,
     )
+
+
+def _batch_rejection(code: str) -> AiMeshError:
+    if code == "unknown_group":
+        return NotFoundError(code, "no endpoints serve the message's model")
+    return ValidationError(code, f"message refused: {code.replace('_', ' ')}")
 
 
 def _expired_ack(msg: AIMessage) -> Acknowledgment:

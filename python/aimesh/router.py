@@ -61,7 +61,9 @@ class Router:
             group = message.group
         return self.native.route(group, exclude)
 
-    def route_batch(self, frames: bytes, *, commit_load: bool = False) -> BatchRouteResult:
+    def route_batch(
+        self, frames: bytes | _native.MessageBuffer, *, commit_load: bool = False
+    ) -> BatchRouteResult:
         """Decode, validate and route a buffer of length-prefixed AIMessage
         frames in one native call (GIL released)."""
         return self.native.route_batch(frames, commit_load=commit_load)

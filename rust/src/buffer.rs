@@ -65,6 +65,34 @@ pub fn scan_frames(data: &[u8], max_frame: usize) -> Result<Vec<(usize, usize)>,
     Ok(out)
 }
 
+/// (body offset, body length) of every AIMessage inside a `MessageBatch`
+/// body (its repeated field 1); other fields are skipped.
+pub fn scan_batch(data: &[u8], max_frame: usize) -> Result<Vec<(usize, usize)>, NativeError> {
+    let mut r = Reader::new(data);
+    let mut out = Vec::new();
+    while !r.done() {
+        let (field, wire) = r.key()?;
+        if field != 1 {
+            r.skip(wire)?;
+            continue;
+        }
+        expect(wire, LEN, "messages")?;
+        let body = r.bytes()?;
+        if body.len() > max_frame {
+            return Err(frame_error(
+                "frame_too_large",
+                format!(
+                    "batch entry {} holds {} bytes, the limit is {max_frame}",
+                    out.len(),
+                    body.len()
+                ),
+            ));
+        }
+        out.push((r.pos - body.len(), body.len()));
+    }
+    Ok(out)
+}
+
 // -- protobuf wire reading -----------------------------------------------------
 
 const VARINT: u8 = 0;
@@ -649,26 +677,54 @@ impl IntoPyDictBound for BTreeMap<&str, &str> {
 /// A buffer of length-prefixed AIMessage frames, decoded without copying.
 #[pyclass(frozen, sequence, module = "aimesh._native")]
 pub struct MessageBuffer {
-    source: Py<PyBytes>,
-    frames: Vec<(usize, usize)>,
+    pub(crate) source: Py<PyBytes>,
+    pub(crate) frames: Vec<(usize, usize)>,
+}
+
+/// How the messages of a buffer are laid out.
+#[derive(Clone, Copy)]
+enum Layout {
+    /// 4-byte big-endian length + AIMessage, repeated.
+    Frames,
+    /// One `MessageBatch` protobuf body.
+    Batch,
 }
 
 impl MessageBuffer {
-    fn build(data: &Bound<'_, PyAny>, max_frame_bytes: usize) -> PyResult<Self> {
-        let py = data.py();
+    fn build(data: &Bound<'_, PyAny>, max_frame_bytes: usize, layout: Layout) -> PyResult<Self> {
         let source = as_pybytes(data)?;
-        let bytes = source.as_bytes();
+        let len = source.as_bytes().len();
+        Self::build_span(&source, 0, len, max_frame_bytes, layout)
+    }
+
+    /// Decode the messages in `source[start..start+len]`; views borrow
+    /// `source`.
+    fn build_span(
+        source: &Bound<'_, PyBytes>,
+        start: usize,
+        len: usize,
+        max_frame_bytes: usize,
+        layout: Layout,
+    ) -> PyResult<Self> {
+        let py = source.py();
+        let bytes = &source.as_bytes()[start..start + len];
         let frames = py.detach(|| -> Result<_, NativeError> {
-            let frames = scan_frames(bytes, max_frame_bytes)?;
-            for (i, &(start, len)) in frames.iter().enumerate() {
-                MessageRef::decode(&bytes[start..start + len]).map_err(|e| {
-                    NativeError::new(e.kind, e.code, format!("frame {i}: {}", e.message))
+            let mut frames = match layout {
+                Layout::Frames => scan_frames(bytes, max_frame_bytes)?,
+                Layout::Batch => scan_batch(bytes, max_frame_bytes)?,
+            };
+            for (i, &(s, n)) in frames.iter().enumerate() {
+                MessageRef::decode(&bytes[s..s + n]).map_err(|e| {
+                    NativeError::new(e.kind, e.code, format!("message {i}: {}", e.message))
                 })?;
+            }
+            for f in &mut frames {
+                f.0 += start;
             }
             Ok(frames)
         })?;
         Ok(Self {
-            source: source.unbind(),
+            source: source.clone().unbind(),
             frames,
         })
     }
@@ -688,7 +744,7 @@ impl MessageBuffer {
     #[new]
     #[pyo3(signature = (data, max_frame_bytes=DEFAULT_MAX_FRAME_BYTES))]
     fn new(data: &Bound<'_, PyAny>, max_frame_bytes: usize) -> PyResult<Self> {
-        Self::build(data, max_frame_bytes)
+        Self::build(data, max_frame_bytes, Layout::Frames)
     }
 
     fn __len__(&self) -> usize {
@@ -719,10 +775,184 @@ impl MessageBuffer {
     }
 }
 
+/// One complete frame body cut from a stream, still inside the bytes it
+/// arrived in (no copy unless the frame spanned two reads).
+#[pyclass(frozen, module = "aimesh._native")]
+pub struct RawFrame {
+    source: Py<PyBytes>,
+    start: usize,
+    len: usize,
+}
+
+#[pymethods]
+impl RawFrame {
+    fn __len__(&self) -> usize {
+        self.len
+    }
+
+    /// The body as a zero-copy memoryview.
+    fn view<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        slice_view(self.source.bind(py), self.start, self.len)
+    }
+
+    /// The body as a new ``bytes``.
+    fn tobytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        let b = self.source.bind(py).as_bytes();
+        PyBytes::new(py, &b[self.start..self.start + self.len])
+    }
+
+    /// Decode the body as one AIMessage (payload not copied).
+    fn message(&self, py: Python<'_>) -> PyResult<MessageView> {
+        let b = self.source.bind(py).as_bytes();
+        MessageRef::decode(&b[self.start..self.start + self.len])?;
+        Ok(MessageView {
+            source: self.source.clone_ref(py),
+            start: self.start,
+            len: self.len,
+        })
+    }
+
+    /// Decode the body as one MessageBatch (payloads not copied).
+    #[pyo3(signature = (max_frame_bytes=DEFAULT_MAX_FRAME_BYTES))]
+    fn batch(&self, py: Python<'_>, max_frame_bytes: usize) -> PyResult<MessageBuffer> {
+        MessageBuffer::build_span(
+            self.source.bind(py),
+            self.start,
+            self.len,
+            max_frame_bytes,
+            Layout::Batch,
+        )
+    }
+}
+
+/// Incremental frame reader for a byte stream that arrives in pieces (a
+/// QUIC or TCP stream). Frames wholly inside one piece are handed out as
+/// views of that piece; only a frame split across pieces is copied. A
+/// frame whose header announces more than ``max_frame_bytes`` is refused
+/// on the header alone.
+#[pyclass(module = "aimesh._native")]
+pub struct FrameDecoder {
+    max_frame: usize,
+    pending: Vec<u8>,
+    poisoned: bool,
+}
+
+impl FrameDecoder {
+    fn too_large(&mut self, len: usize) -> NativeError {
+        self.poisoned = true;
+        self.pending = Vec::new();
+        frame_error(
+            "frame_too_large",
+            format!(
+                "a frame announces {len} bytes, the limit is {}",
+                self.max_frame
+            ),
+        )
+    }
+}
+
+#[pymethods]
+impl FrameDecoder {
+    #[new]
+    #[pyo3(signature = (max_frame_bytes=DEFAULT_MAX_FRAME_BYTES))]
+    fn new(max_frame_bytes: usize) -> Self {
+        Self {
+            max_frame: max_frame_bytes,
+            pending: Vec::new(),
+            poisoned: false,
+        }
+    }
+
+    /// Add the next piece of the stream; answer the frames it completes.
+    fn feed(&mut self, data: &Bound<'_, PyAny>) -> PyResult<Vec<RawFrame>> {
+        if self.poisoned {
+            return Err(frame_error("frame_too_large", "the stream was refused").into());
+        }
+        let py = data.py();
+        let source = as_pybytes(data)?;
+        let input = source.as_bytes();
+        let mut out = Vec::new();
+        let mut pos = 0usize;
+        if !self.pending.is_empty() {
+            // Finish the frame begun by an earlier piece.
+            let head_missing = 4usize.saturating_sub(self.pending.len()).min(input.len());
+            self.pending.extend_from_slice(&input[..head_missing]);
+            pos = head_missing;
+            if self.pending.len() < 4 {
+                return Ok(out);
+            }
+            let p = &self.pending;
+            let len = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
+            if len > self.max_frame {
+                return Err(self.too_large(len).into());
+            }
+            let take = (4 + len - self.pending.len()).min(input.len() - pos);
+            self.pending.extend_from_slice(&input[pos..pos + take]);
+            pos += take;
+            if self.pending.len() < 4 + len {
+                return Ok(out);
+            }
+            let joined = PyBytes::new(py, &self.pending[4..]);
+            self.pending.clear();
+            out.push(RawFrame {
+                source: joined.unbind(),
+                start: 0,
+                len,
+            });
+        }
+        while input.len() - pos >= 4 {
+            let h = &input[pos..pos + 4];
+            let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+            if len > self.max_frame {
+                return Err(self.too_large(len).into());
+            }
+            if input.len() - pos - 4 < len {
+                break;
+            }
+            out.push(RawFrame {
+                source: source.clone().unbind(),
+                start: pos + 4,
+                len,
+            });
+            pos += 4 + len;
+        }
+        self.pending.extend_from_slice(&input[pos..]);
+        Ok(out)
+    }
+
+    /// Bytes held for a frame that is not complete yet.
+    #[getter]
+    fn pending_bytes(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The stream ended: raise ``FrameError("truncated_frame")`` if it
+    /// stopped inside a frame.
+    fn finish(&self) -> PyResult<()> {
+        if self.pending.is_empty() {
+            Ok(())
+        } else {
+            Err(frame_error(
+                "truncated_frame",
+                format!("the stream ended {} bytes into a frame", self.pending.len()),
+            )
+            .into())
+        }
+    }
+}
+
 #[pyfunction]
 #[pyo3(signature = (data, max_frame_bytes=DEFAULT_MAX_FRAME_BYTES))]
 fn decode_frames(data: &Bound<'_, PyAny>, max_frame_bytes: usize) -> PyResult<MessageBuffer> {
-    MessageBuffer::build(data, max_frame_bytes)
+    MessageBuffer::build(data, max_frame_bytes, Layout::Frames)
+}
+
+/// Decode the AIMessages of one `MessageBatch` protobuf body without copying
+/// payloads; the same views as [`decode_frames`].
+#[pyfunction]
+#[pyo3(signature = (data, max_frame_bytes=DEFAULT_MAX_FRAME_BYTES))]
+fn decode_batch(data: &Bound<'_, PyAny>, max_frame_bytes: usize) -> PyResult<MessageBuffer> {
+    MessageBuffer::build(data, max_frame_bytes, Layout::Batch)
 }
 
 #[pyfunction]
@@ -815,6 +1045,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<MessageView>()?;
     m.add_class::<MessageBuffer>()?;
     m.add_function(wrap_pyfunction!(decode_frames, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_batch, m)?)?;
+    m.add_class::<RawFrame>()?;
+    m.add_class::<FrameDecoder>()?;
     m.add_function(wrap_pyfunction!(decode_message, m)?)?;
     m.add_function(wrap_pyfunction!(encode_message, m)?)?;
     m.add_function(wrap_pyfunction!(frame, m)?)?;
@@ -938,6 +1171,23 @@ mod tests {
             let e = MessageRef::decode(bad).unwrap_err();
             assert_eq!(e.code, "invalid_protobuf", "{bad:?}");
         }
+    }
+
+    #[test]
+    fn batch_entries_are_located_without_copy() {
+        let body = encode_canonical(&sample());
+        let mut batch = Vec::new();
+        put_len(&mut batch, 1, &body);
+        put_str(&mut batch, 7, "ignored");
+        put_len(&mut batch, 1, &body);
+        let spans = scan_batch(&batch, DEFAULT_MAX_FRAME_BYTES).unwrap();
+        assert_eq!(spans.len(), 2);
+        for (start, len) in spans {
+            assert_eq!(&batch[start..start + len], body.as_slice());
+        }
+        assert_eq!(scan_batch(&batch, 8).unwrap_err().code, "frame_too_large");
+        assert!(scan_batch(&batch[..batch.len() - 1], DEFAULT_MAX_FRAME_BYTES).is_err());
+        assert!(scan_batch(&[0x09], DEFAULT_MAX_FRAME_BYTES).is_err());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use pyo3::types::PyBytes;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::buffer::{as_pybytes, scan_frames, MessageRef, DEFAULT_MAX_FRAME_BYTES};
+use crate::buffer::{as_pybytes, scan_frames, MessageBuffer, MessageRef, DEFAULT_MAX_FRAME_BYTES};
 use crate::errors::{ErrorKind, NativeError};
 use crate::validate::{self, Rejection, MAX_PAYLOAD_BYTES, REJECTION_CODES};
 
@@ -520,6 +520,17 @@ impl RouterCore {
         max_frame: usize,
     ) -> Result<BatchOutcome, NativeError> {
         let frames = scan_frames(data, max_frame)?;
+        Ok(self.route_spans(data, &frames, now_ms, commit_load))
+    }
+
+    /// [`Self::route_batch`] over messages already located in `data`.
+    pub fn route_spans(
+        &self,
+        data: &[u8],
+        frames: &[(usize, usize)],
+        now_ms: u64,
+        commit_load: bool,
+    ) -> BatchOutcome {
         let t = self.table.read();
         let snaps: Vec<Snapshot> = t.slots.iter().map(|s| s.snapshot()).collect();
         let slots: Vec<Arc<Slot>> = t.slots.clone();
@@ -545,7 +556,7 @@ impl RouterCore {
         let mut indices = Vec::with_capacity(frames.len());
         let mut reasons = Vec::with_capacity(frames.len());
         let mut routed = 0usize;
-        for &(start, len) in &frames {
+        for &(start, len) in frames {
             let outcome = (|| -> Result<usize, Rejection> {
                 let m = MessageRef::decode(&data[start..start + len])
                     .map_err(|_| Rejection::InvalidProtobuf)?;
@@ -582,12 +593,12 @@ impl RouterCore {
                 }
             }
         }
-        Ok(BatchOutcome {
+        BatchOutcome {
             indices,
             reasons,
             endpoint_ids: snaps.into_iter().map(|s| s.id).collect(),
             routed,
-        })
+        }
     }
 
     /// The best eligible candidate given the batch's virtual loads.
@@ -886,13 +897,20 @@ impl Router {
         commit_load: bool,
         max_frame_bytes: usize,
     ) -> PyResult<BatchRouteResult> {
-        let source = as_pybytes(frames)?;
-        let data = source.as_bytes();
         let now = now_ms.unwrap_or_else(validate::now_ms);
-        let out = py.detach(|| {
-            self.core
-                .route_batch(data, now, commit_load, max_frame_bytes)
-        })?;
+        let out = if let Ok(buf) = frames.cast::<MessageBuffer>() {
+            // Already decoded: route the located messages, no second scan.
+            let buf = buf.get();
+            let data = buf.source.bind(py).as_bytes();
+            py.detach(|| self.core.route_spans(data, &buf.frames, now, commit_load))
+        } else {
+            let source = as_pybytes(frames)?;
+            let data = source.as_bytes();
+            py.detach(|| {
+                self.core
+                    .route_batch(data, now, commit_load, max_frame_bytes)
+            })?
+        };
         let mut counts = [0usize; REJECTION_CODES.len()];
         for &r in &out.reasons {
             counts[r as usize] += 1;

@@ -23,6 +23,12 @@ class AckStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACK_STATUS_DUPLICATE: _ClassVar[AckStatus]
     ACK_STATUS_REJECTED: _ClassVar[AckStatus]
 
+class StreamKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STREAM_KIND_UNSPECIFIED: _ClassVar[StreamKind]
+    STREAM_KIND_MESSAGES: _ClassVar[StreamKind]
+    STREAM_KIND_BATCHES: _ClassVar[StreamKind]
+
 class TaskStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TASK_STATUS_UNSPECIFIED: _ClassVar[TaskStatus]
@@ -43,6 +49,9 @@ ACK_STATUS_PROCESSED: AckStatus
 ACK_STATUS_FAILED: AckStatus
 ACK_STATUS_DUPLICATE: AckStatus
 ACK_STATUS_REJECTED: AckStatus
+STREAM_KIND_UNSPECIFIED: StreamKind
+STREAM_KIND_MESSAGES: StreamKind
+STREAM_KIND_BATCHES: StreamKind
 TASK_STATUS_UNSPECIFIED: TaskStatus
 TASK_STATUS_PENDING: TaskStatus
 TASK_STATUS_RUNNING: TaskStatus
@@ -124,6 +133,16 @@ class AcknowledgmentBatch(_message.Message):
     ACKNOWLEDGMENTS_FIELD_NUMBER: _ClassVar[int]
     acknowledgments: _containers.RepeatedCompositeFieldContainer[Acknowledgment]
     def __init__(self, acknowledgments: _Optional[_Iterable[_Union[Acknowledgment, _Mapping]]] = ...) -> None: ...
+
+class StreamHello(_message.Message):
+    __slots__ = ("api_key", "kind", "async_mode")
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ASYNC_MODE_FIELD_NUMBER: _ClassVar[int]
+    api_key: str
+    kind: StreamKind
+    async_mode: bool
+    def __init__(self, api_key: _Optional[str] = ..., kind: _Optional[_Union[StreamKind, str]] = ..., async_mode: _Optional[bool] = ...) -> None: ...
 
 class RoutingScore(_message.Message):
     __slots__ = ("cost_score", "load_score", "latency_score", "total_score")

@@ -27,7 +27,7 @@ from aimesh.errors import (
     ValidationError,
 )
 from aimesh.mesh import AiMesh
-from aimesh.models import Acknowledgment, AckStatus, AIMessage, EndpointMetrics
+from aimesh.models import Acknowledgment, AIMessage, EndpointMetrics
 from aimesh.router import decision_to_json
 from aimesh.server import protobuf as pb
 from aimesh.server.openapi import openapi_spec
@@ -144,25 +144,25 @@ class HttpApi:
 
     async def post_batch(self, request: Request) -> Response:
         body = await read_body(request, self.mesh.config.max_batch_body_bytes)
+        mode = request.query_params.get("mode", "sync")
+        if mode not in ("sync", "async"):
+            raise ValidationError("invalid_mode", "mode must be sync or async")
+        limit = self.mesh.config.max_batch_messages
+        too_large = ValidationError("batch_too_large", f"a batch holds at most {limit} messages")
         if is_protobuf(request):
-            messages = pb.batch_from_protobuf(body)
+            # Decoded natively (payloads not copied) and screened in one call.
+            batch = _native.decode_batch(body)
+            if len(batch) > limit:
+                raise too_large
+            acks = await self.mesh.process_buffer(batch, async_mode=mode == "async")
         else:
             data = parse_json(body)
             if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
                 raise ValidationError("invalid_body", 'body must be {"messages": [...]}')
+            if len(data["messages"]) > limit:
+                raise too_large
             messages = [AIMessage.from_json_dict(m) for m in data["messages"]]
-        limit = self.mesh.config.max_batch_messages
-        if len(messages) > limit:
-            raise ValidationError("batch_too_large", f"a batch holds at most {limit} messages")
-        if request.query_params.get("mode") == "async":
-            acks = []
-            for m in messages:
-                try:
-                    acks.append(await self.mesh.submit(m))
-                except AiMeshError as e:
-                    acks.append(_rejected(m, e))
-        else:
-            acks = await self.mesh.process_batch(messages)
+            acks = await self.mesh.process_batch(messages, async_mode=mode == "async")
         if wants_protobuf(request):
             return Response(pb.acks_to_protobuf(acks), media_type=PROTOBUF)
         return ORJSONResponse({"acknowledgments": [a.to_json_dict() for a in acks]})
@@ -255,16 +255,6 @@ class HttpApi:
 
     async def openapi(self, request: Request) -> Response:
         return ORJSONResponse(openapi_spec())
-
-
-def _rejected(msg: AIMessage, e: AiMeshError) -> Acknowledgment:
-    return Acknowledgment(
-        original_message_id=msg.message_id,
-        status=AckStatus.REJECTED,
-        error=e.message,
-        error_code=e.code,
-        retry_after_s=e.retry_after or 0.0,
-    )
 
 
 def _opt_epoch(data: dict[str, Any], name: str) -> int | None:

@@ -31,17 +31,6 @@ def message_to_protobuf(msg: AIMessage) -> bytes:
     return msg.to_protobuf()
 
 
-def batch_from_protobuf(body: bytes) -> list[AIMessage]:
-    batch = pb2.MessageBatch()
-    try:
-        batch.ParseFromString(body)
-    except DecodeError as e:
-        raise FrameError("invalid_protobuf", f"body is not a MessageBatch: {e}") from None
-    # Re-encode each and decode natively so single and batch paths share one
-    # converter (and one set of field rules).
-    return [message_from_protobuf(m.SerializeToString()) for m in batch.messages]
-
-
 def batch_to_protobuf(messages: list[AIMessage]) -> bytes:
     batch = pb2.MessageBatch()
     for m in messages:
