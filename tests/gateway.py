@@ -25,6 +25,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -86,6 +92,7 @@ class Gateway:
     """An ``aimesh serve`` process with its config and data directory."""
 
     port: int
+    quic_port: int
     data_dir: Path
     config_path: Path
     env: dict[str, str]
@@ -95,6 +102,11 @@ class Gateway:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def certificate(self) -> Path:
+        """The self-signed QUIC certificate the gateway made on first start."""
+        return self.data_dir / "quic-cert.pem"
 
     def start(self) -> Gateway:
         log = self.data_dir.parent / f"gateway-{len(self.logs)}.log"
@@ -169,6 +181,7 @@ def make_gateway(
     **config: Any,
 ) -> Gateway:
     port = free_port()
+    quic_port = free_udp_port()
     data_dir = tmp / "data"
     cfg = tmp / "aimesh.toml"
     write_config(cfg, endpoints, **config)
@@ -176,9 +189,10 @@ def make_gateway(
     full_env.update(
         {
             "AIMESH_BIND_ADDR": f"127.0.0.1:{port}",
+            "AIMESH_QUIC_ADDR": f"127.0.0.1:{quic_port}",
             "AIMESH_DATA_DIR": str(data_dir),
             "AIMESH_LOG_LEVEL": "warning",
         }
     )
     full_env.update(env or {})
-    return Gateway(port, data_dir, cfg, full_env)
+    return Gateway(port, quic_port, data_dir, cfg, full_env)

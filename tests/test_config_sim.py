@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import orjson
 import pytest
+
 from aimesh.config import AiMeshConfig, parse_addr
 from aimesh.errors import ValidationError
 

@@ -8,6 +8,7 @@ import time
 
 import orjson
 import pytest
+
 from aimesh import _native
 from aimesh.endpoints import DeliveryRequest
 from aimesh.endpoints.adapters import chat_body, chat_url

@@ -7,11 +7,11 @@ import time
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
 from aimesh.models import AIMessage
 from aimesh.proto import aimesh_pb2 as pb2
 from aimesh.server import protobuf as pb
-from prometheus_client.parser import text_string_to_metric_families
-
 from tests.conftest import openai_endpoint
 
 FUTURE_MS = int(time.time() * 1000) + 3_600_000

@@ -9,12 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from aimesh import _native
 from aimesh.errors import AiMeshError, FrameError, ValidationError
 from aimesh.models import AIMessage
 from aimesh.proto import aimesh_pb2 as pb2
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 GOLDEN = Path(__file__).resolve().parent.parent / "proto" / "testdata"
 

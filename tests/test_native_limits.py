@@ -7,10 +7,11 @@ import math
 import threading
 
 import pytest
-from aimesh import _native
-from aimesh.errors import QueueFullError, ValidationError
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from aimesh import _native
+from aimesh.errors import QueueFullError, ValidationError
 
 # -- limiters -------------------------------------------------------------------
 

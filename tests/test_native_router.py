@@ -6,10 +6,11 @@ from __future__ import annotations
 import struct
 
 import pytest
-from aimesh import AIMessage, EndpointMetrics, HealthStatus, Router, _native
-from aimesh.errors import FrameError, NotFoundError, RoutingError, ValidationError
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from aimesh import AIMessage, EndpointMetrics, HealthStatus, Router, _native
+from aimesh.errors import FrameError, NotFoundError, RoutingError, ValidationError
 
 
 def frames(messages: list[AIMessage]) -> bytes:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from aimesh import (
     AiMeshClient,
     AsyncAiMeshClient,
@@ -20,7 +21,6 @@ from aimesh import (
     RateLimitError,
     ValidationError,
 )
-
 from tests.conftest import openai_endpoint
 from tests.gateway import make_gateway
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from aimesh.errors import (
     BudgetExceededError,
     ConflictError,

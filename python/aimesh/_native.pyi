@@ -91,6 +91,10 @@ def decode_batch(data: _Buffer, max_frame_bytes: int = ...) -> MessageBuffer:
     length prefix) without copying payloads; ``FrameError`` if malformed or
     if one message is larger than ``max_frame_bytes``."""
 
+def encode_batch(bodies: Sequence[_Buffer]) -> bytes:
+    """A ``MessageBatch`` protobuf body from encoded AIMessages (each as
+    :func:`encode_message` or ``AIMessage.to_protobuf`` made it)."""
+
 @final
 class RawFrame:
     """One complete frame body from :class:`FrameDecoder`, still inside the
@@ -118,6 +122,12 @@ class FrameDecoder:
     def __new__(cls, max_frame_bytes: int = ...) -> FrameDecoder: ...
     def feed(self, data: _Buffer) -> list[RawFrame]:
         """Add the next piece; answer the frames it completes, in order."""
+    @property
+    def max_frame_bytes(self) -> int:
+        """The largest frame body accepted from now on. Setting it checks a
+        frame already begun against the new limit (``FrameError``)."""
+    @max_frame_bytes.setter
+    def max_frame_bytes(self, value: int) -> None: ...
     @property
     def pending_bytes(self) -> int:
         """Bytes held for a frame that is not complete yet."""

@@ -9,15 +9,21 @@ from the Retry-After header).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
 
 from aimesh import errors
 from aimesh.models import Acknowledgment, AIMessage, BudgetInfo, EndpointMetrics
+
+if TYPE_CHECKING:
+    from aimesh.quic.client import QuicClient
 
 T = TypeVar("T")
 
@@ -188,11 +194,64 @@ def _request_kwargs(call: _Call[Any]) -> dict[str, Any]:
     return kwargs
 
 
+def _quic_client(
+    base_url: str,
+    quic_addr: str | None,
+    api_key: str | None,
+    cafile: str | None,
+    verify: bool,
+    timeout: float,
+) -> QuicClient:
+    from aimesh.config import parse_addr
+    from aimesh.quic.client import QuicClient
+
+    if quic_addr:
+        host, port = parse_addr(quic_addr)
+    else:  # the HTTP host, the default QUIC port
+        host, port = urlsplit(base_url).hostname or "127.0.0.1", 9001
+    return QuicClient(host, port, api_key=api_key, cafile=cafile, verify=verify, timeout=timeout)
+
+
+def _async_mode(mode: str) -> bool:
+    if mode not in ("sync", "async"):
+        raise errors.ValidationError("invalid_mode", "mode must be sync or async")
+    return mode == "async"
+
+
+def _check_transport(transport: str) -> None:
+    if transport not in ("http", "quic"):
+        raise ValueError('transport must be "http" or "quic"')
+
+
+class _LoopThread:
+    """An event loop on a daemon thread, so the sync client can drive the
+    async QUIC client."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="aimesh-quic", daemon=True
+        )
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+        self.loop.close()
+
+
 class AiMeshClient:
     """Synchronous client of an AiMesh server.
 
     >>> client = AiMeshClient("http://localhost:9000")
     >>> ack = client.send_message(Message(agent_id="my-agent", payload=b"Hello"))
+
+    With ``transport="quic"``, messages and batches travel over QUIC
+    (``quic_addr``, default: the HTTP host on port 9001; ``cafile`` pins the
+    server's certificate); every other call stays on HTTP.
     """
 
     def __init__(
@@ -202,10 +261,20 @@ class AiMeshClient:
         api_key: str | None = None,
         timeout: float = 60.0,
         http_client: httpx.Client | None = None,
+        transport: str = "http",
+        quic_addr: str | None = None,
+        cafile: str | None = None,
+        verify: bool = True,
     ) -> None:
+        _check_transport(transport)
         self._http = http_client or httpx.Client(
             base_url=base_url, headers=_headers(api_key), timeout=timeout
         )
+        self._quic: QuicClient | None = None
+        self._loop: _LoopThread | None = None
+        if transport == "quic":
+            self._quic = _quic_client(base_url, quic_addr, api_key, cafile, verify, timeout)
+            self._loop = _LoopThread()
 
     def _do(self, call: _Call[T]) -> T:
         return _finish(call, self._http.request(call.method, call.path, **_request_kwargs(call)))
@@ -213,11 +282,16 @@ class AiMeshClient:
     def send_message(self, message: AIMessage, *, mode: str = "sync") -> Acknowledgment:
         """Send one message; ``mode="async"`` answers ``received`` once the
         message is on disk."""
+        if self._quic is not None and self._loop is not None:
+            return self._loop.run(self._quic.send(message, async_mode=_async_mode(mode)))
         return self._do(_Calls.send_message(message, mode))
 
     def send_batch(
         self, messages: Sequence[AIMessage], *, mode: str = "sync"
     ) -> list[Acknowledgment]:
+        """Send many messages; one ack per message, in order."""
+        if self._quic is not None and self._loop is not None:
+            return self._loop.run(self._quic.send_batch(messages, async_mode=_async_mode(mode)))
         return self._do(_Calls.send_batch(messages, mode))
 
     def get_message(self, message_id: str) -> dict[str, Any]:
@@ -262,6 +336,10 @@ class AiMeshClient:
 
     def close(self) -> None:
         self._http.close()
+        if self._quic is not None and self._loop is not None:
+            self._loop.run(self._quic.close())
+            self._loop.close()
+            self._quic = self._loop = None
 
     def __enter__(self) -> AiMeshClient:
         return self
@@ -271,7 +349,8 @@ class AiMeshClient:
 
 
 class AsyncAiMeshClient:
-    """Asynchronous client with the same methods as :class:`AiMeshClient`."""
+    """Asynchronous client with the same methods (and the same
+    ``transport="quic"`` option) as :class:`AiMeshClient`."""
 
     def __init__(
         self,
@@ -280,9 +359,19 @@ class AsyncAiMeshClient:
         api_key: str | None = None,
         timeout: float = 60.0,
         http_client: httpx.AsyncClient | None = None,
+        transport: str = "http",
+        quic_addr: str | None = None,
+        cafile: str | None = None,
+        verify: bool = True,
     ) -> None:
+        _check_transport(transport)
         self._http = http_client or httpx.AsyncClient(
             base_url=base_url, headers=_headers(api_key), timeout=timeout
+        )
+        self._quic = (
+            _quic_client(base_url, quic_addr, api_key, cafile, verify, timeout)
+            if transport == "quic"
+            else None
         )
 
     async def _do(self, call: _Call[T]) -> T:
@@ -290,11 +379,15 @@ class AsyncAiMeshClient:
         return _finish(call, response)
 
     async def send_message(self, message: AIMessage, *, mode: str = "sync") -> Acknowledgment:
+        if self._quic is not None:
+            return await self._quic.send(message, async_mode=_async_mode(mode))
         return await self._do(_Calls.send_message(message, mode))
 
     async def send_batch(
         self, messages: Sequence[AIMessage], *, mode: str = "sync"
     ) -> list[Acknowledgment]:
+        if self._quic is not None:
+            return await self._quic.send_batch(messages, async_mode=_async_mode(mode))
         return await self._do(_Calls.send_batch(messages, mode))
 
     async def get_message(self, message_id: str) -> dict[str, Any]:
@@ -337,6 +430,8 @@ class AsyncAiMeshClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        if self._quic is not None:
+            await self._quic.close()
 
     async def __aenter__(self) -> AsyncAiMeshClient:
         return self

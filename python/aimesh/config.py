@@ -53,6 +53,13 @@ class AiMeshConfig:
     data_dir: str = ".aimesh-data"
     redis_url: str = ""
     admin_key: str = ""
+    # QUIC transport ("off" in quic_addr disables it)
+    tls_cert: str = ""  # empty: a self-signed one is made in data_dir
+    tls_key: str = ""
+    quic_idle_timeout_s: float = 60.0
+    quic_max_streams: int = 256  # concurrent streams per connection
+    quic_max_connections_per_peer: int = 64
+    quic_max_pending_per_stream: int = 4096  # unanswered frames per stream
     # limits
     rate_limit_rps: float = 100.0
     rate_limit_burst: float = 0.0  # 0 = same as rate_limit_rps
@@ -81,6 +88,10 @@ class AiMeshConfig:
     endpoints: list[EndpointMetrics] = field(default_factory=list)
     budgets: list[BudgetConfig] = field(default_factory=list)
     simulators: list[SimulatorConfig] = field(default_factory=list)
+
+    @property
+    def quic_enabled(self) -> bool:
+        return self.quic_addr.strip().lower() not in ("", "off", "none", "disabled")
 
     @property
     def effective_burst(self) -> float:
@@ -118,8 +129,11 @@ class AiMeshConfig:
                 if key not in scalars:
                     raise ValidationError("invalid_config", f"unknown setting {section}.{key}")
                 setattr(self, key, _coerce(key, value, scalars[key]))
-        if "data_dir" in data.get("server", {}) and not os.path.isabs(self.data_dir):
-            self.data_dir = str(base / self.data_dir)
+        server = data.get("server", {})
+        for key in ("data_dir", "tls_cert", "tls_key"):
+            value = getattr(self, key)
+            if key in server and value and not os.path.isabs(value):
+                setattr(self, key, str(base / value))
         for ep in data.get("endpoints", []):
             self.endpoints.append(EndpointMetrics.from_json_dict(ep))
         for b in data.get("budgets", []):
@@ -146,6 +160,12 @@ class AiMeshConfig:
             raise ValidationError("invalid_config", "queue_capacity and max_inflight must be > 0")
         if min(self.w_cost, self.w_load, self.w_latency) < 0:
             raise ValidationError("invalid_config", "routing weights must be >= 0")
+        if min(self.quic_max_streams, self.quic_max_connections_per_peer) <= 0:
+            raise ValidationError("invalid_config", "QUIC stream and connection limits must be > 0")
+        if self.quic_max_pending_per_stream <= 0 or self.quic_idle_timeout_s <= 0:
+            raise ValidationError("invalid_config", "QUIC pending and idle limits must be > 0")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValidationError("invalid_config", "set both AIMESH_TLS_CERT and AIMESH_TLS_KEY")
         ids = [e.endpoint_id for e in self.endpoints]
         if len(ids) != len(set(ids)):
             raise ValidationError("invalid_config", "endpoint ids must be unique")
@@ -157,6 +177,12 @@ _SCALARS: dict[str, type] = {
     "data_dir": str,
     "redis_url": str,
     "admin_key": str,
+    "tls_cert": str,
+    "tls_key": str,
+    "quic_idle_timeout_s": float,
+    "quic_max_streams": int,
+    "quic_max_connections_per_peer": int,
+    "quic_max_pending_per_stream": int,
     "rate_limit_rps": float,
     "rate_limit_burst": float,
     "global_rate_limit_rps": float,
@@ -187,6 +213,8 @@ _ENV: dict[str, str] = {
     "AIMESH_DATA_DIR": "data_dir",
     "AIMESH_REDIS_URL": "redis_url",
     "AIMESH_ADMIN_KEY": "admin_key",
+    "AIMESH_TLS_CERT": "tls_cert",
+    "AIMESH_TLS_KEY": "tls_key",
     "AIMESH_RATE_LIMIT_RPS": "rate_limit_rps",
     "AIMESH_RATE_LIMIT_BURST": "rate_limit_burst",
     "AIMESH_GLOBAL_RATE_LIMIT_RPS": "global_rate_limit_rps",

@@ -131,6 +131,49 @@ class ServiceUnavailableError(AiMeshError):
     default_code = "unavailable"
 
 
+class TransportError(AiMeshError):
+    """A QUIC stream or connection failed (reset by the server, connection
+    lost, timed out). The message may or may not have been processed: resend
+    it with the same ``message_id`` (idempotent) to be sure."""
+
+    status = 503
+    default_code = "connection_lost"
+
+
+#: Exception class of an error code carried in a ``rejected`` acknowledgment.
+_CLASS_OF_CODE: dict[str, type[AiMeshError]] = {
+    "rate_limited": RateLimitError,
+    "budget_exceeded": BudgetExceededError,
+    "message_budget_exceeded": BudgetExceededError,
+    "queue_full": QueueFullError,
+    "stream_backlog_full": QueueFullError,
+    "message_id_conflict": ConflictError,
+    "unknown_group": NotFoundError,
+    "no_endpoint_available": RoutingError,
+    "draining": ServiceUnavailableError,
+    "storage_unavailable": ServiceUnavailableError,
+    "missing_api_key": AuthenticationError,
+    "invalid_api_key": AuthenticationError,
+    "unauthenticated": AuthenticationError,
+    "frame_too_large": FrameError,
+    "truncated_frame": FrameError,
+    "invalid_protobuf": FrameError,
+}
+
+
+def error_for_code(
+    code: str, message: str = "", *, retry_after: float | None = None
+) -> AiMeshError:
+    """The exception matching an error code (validation codes and unknown
+    ones map to :class:`ValidationError` / :class:`AiMeshError`)."""
+    cls = _CLASS_OF_CODE.get(code)
+    if cls is None:
+        from aimesh import _native  # the native rejection codes are validation codes
+
+        cls = ValidationError if code in _native.REJECTION_CODES else AiMeshError
+    return cls(code, message, retry_after=retry_after)
+
+
 __all__ = [
     "AiMeshError",
     "AuthenticationError",
@@ -144,6 +187,8 @@ __all__ = [
     "RateLimitError",
     "RoutingError",
     "ServiceUnavailableError",
+    "TransportError",
     "UpstreamError",
     "ValidationError",
+    "error_for_code",
 ]

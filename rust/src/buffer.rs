@@ -920,6 +920,26 @@ impl FrameDecoder {
         Ok(out)
     }
 
+    /// The largest frame body accepted from now on.
+    #[getter]
+    fn get_max_frame_bytes(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Lower or raise the limit (a stream's first frame may decide it); a
+    /// frame already begun is checked against the new limit at once.
+    #[setter]
+    fn set_max_frame_bytes(&mut self, value: usize) -> PyResult<()> {
+        self.max_frame = value;
+        if let [a, b, c, d, ..] = self.pending[..] {
+            let len = u32::from_be_bytes([a, b, c, d]) as usize;
+            if len > value {
+                return Err(self.too_large(len).into());
+            }
+        }
+        Ok(())
+    }
+
     /// Bytes held for a frame that is not complete yet.
     #[getter]
     fn pending_bytes(&self) -> usize {
@@ -945,6 +965,20 @@ impl FrameDecoder {
 #[pyo3(signature = (data, max_frame_bytes=DEFAULT_MAX_FRAME_BYTES))]
 fn decode_frames(data: &Bound<'_, PyAny>, max_frame_bytes: usize) -> PyResult<MessageBuffer> {
     MessageBuffer::build(data, max_frame_bytes, Layout::Frames)
+}
+
+/// A `MessageBatch` protobuf body holding already encoded AIMessages.
+#[pyfunction]
+fn encode_batch<'py>(
+    py: Python<'py>,
+    bodies: Vec<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let mut out = Vec::new();
+    for b in &bodies {
+        let b = as_pybytes(b)?;
+        put_len(&mut out, 1, b.as_bytes());
+    }
+    Ok(PyBytes::new(py, &out))
 }
 
 /// Decode the AIMessages of one `MessageBatch` protobuf body without copying
@@ -1046,6 +1080,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<MessageBuffer>()?;
     m.add_function(wrap_pyfunction!(decode_frames, m)?)?;
     m.add_function(wrap_pyfunction!(decode_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_batch, m)?)?;
     m.add_class::<RawFrame>()?;
     m.add_class::<FrameDecoder>()?;
     m.add_function(wrap_pyfunction!(decode_message, m)?)?;

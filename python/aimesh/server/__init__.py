@@ -1,4 +1,4 @@
-"""The AiMesh server: HTTP (and later QUIC) adapters over one Mesh."""
+"""The AiMesh server: HTTP and QUIC adapters over one Mesh."""
 
 from __future__ import annotations
 
@@ -94,7 +94,13 @@ def serve(config: AiMeshConfig | None = None) -> None:
     procs = start_simulators(cfg.simulators) if cfg.simulators else []
     try:
         mesh = AiMesh(cfg)
-        app = create_app(mesh, admin_open=admin_open)
+        services = []
+        if cfg.quic_enabled:
+            from aimesh.auth import Authenticator
+            from aimesh.quic.server import QuicListener
+
+            services.append(QuicListener(mesh, Authenticator(cfg.admin_key, admin_open=admin_open)))
+        app = create_app(mesh, admin_open=admin_open, services=services)
         server = _Server(
             uvicorn.Config(
                 app,

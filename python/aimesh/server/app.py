@@ -8,8 +8,8 @@ bodies over the limit are refused before they are read whole.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 import orjson
 from starlette.applications import Starlette
@@ -18,12 +18,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from aimesh import _native
+from aimesh.auth import Authenticator
 from aimesh.errors import (
     AiMeshError,
-    AuthenticationError,
     NotFoundError,
     PayloadTooLargeError,
-    PermissionDeniedError,
     ValidationError,
 )
 from aimesh.mesh import AiMesh
@@ -96,27 +95,12 @@ class HttpApi:
 
     def __init__(self, mesh: AiMesh, *, admin_open: bool) -> None:
         self.mesh = mesh
-        # True only when bound to loopback without an admin key (local dev).
-        self.admin_open = admin_open
+        self.auth = Authenticator(mesh.config.admin_key, admin_open=admin_open)
 
     # -- auth -------------------------------------------------------------------
 
     def require_admin(self, request: Request) -> None:
-        key = self.mesh.config.admin_key
-        if not key:
-            if self.admin_open:
-                return
-            raise PermissionDeniedError(
-                "admin_key_required",
-                "admin operations are disabled on a public address unless AIMESH_ADMIN_KEY is set",
-            )
-        given = _bearer(request)
-        if given is None:
-            raise AuthenticationError(
-                "missing_api_key", "Authorization: Bearer <admin key> required"
-            )
-        if not _constant_time_eq(given, key):
-            raise AuthenticationError("invalid_api_key", "the admin key is not valid")
+        self.auth.require_admin(_bearer(request))
 
     # -- messages ---------------------------------------------------------------
 
@@ -274,12 +258,6 @@ def _bearer(request: Request) -> str | None:
     return token.strip()
 
 
-def _constant_time_eq(a: str, b: str) -> bool:
-    import hmac
-
-    return hmac.compare_digest(a.encode(), b.encode())
-
-
 def _wrap(handler: Handler) -> Handler:
     """Turn AiMesh errors into JSON error responses; anything unexpected is
     logged and answered 500 without internals."""
@@ -296,11 +274,26 @@ def _wrap(handler: Handler) -> Handler:
     return endpoint
 
 
+class Service(Protocol):
+    """Something that runs beside the HTTP app over the same Mesh (the QUIC
+    listener): started after the Mesh, told to stop taking work before the
+    Mesh drains, stopped after it."""
+
+    async def start(self) -> None: ...
+    def begin_shutdown(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
 def create_app(
-    mesh: AiMesh, *, admin_open: bool = False, manage_lifecycle: bool = True
+    mesh: AiMesh,
+    *,
+    admin_open: bool = False,
+    manage_lifecycle: bool = True,
+    services: Sequence[Service] = (),
 ) -> Starlette:
     """The ASGI app for ``mesh``. With ``manage_lifecycle`` the app starts
-    and closes the Mesh with the server (lifespan)."""
+    and closes the Mesh with the server (lifespan); ``services`` start and
+    stop with it."""
     api = HttpApi(mesh, admin_open=admin_open)
     routes = [
         Route("/messages", _wrap(api.post_message), methods=["POST"]),
@@ -335,11 +328,21 @@ def create_app(
     async def lifespan(app: Starlette) -> Any:
         if manage_lifecycle:
             await mesh.start()
+        started: list[Service] = []
         try:
+            for service in services:
+                await service.start()
+                started.append(service)
             yield
         finally:
+            # Stop taking new work everywhere, drain the Mesh, then close the
+            # transports (answers in flight are written before they go).
+            for service in started:
+                service.begin_shutdown()
             if manage_lifecycle:
                 await mesh.close()
+            for service in reversed(started):
+                await service.stop()
 
     app = Starlette(
         routes=routes,
