@@ -4,12 +4,13 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install build run test test-rust test-python lint fmt bench proto clean
+.PHONY: help install build run test test-rust test-python lint fmt bench fuzz proto clean
 
 help:
 	@echo "make run    - install, build and run the gateway with examples/aimesh.toml (offline simulators)"
 	@echo "make test   - install, build, lint and run every test suite"
 	@echo "make bench  - run the benchmarks, print a table, write bench-results/results.json"
+	@echo "make fuzz   - ten minutes of atheris on the frame decoders"
 	@echo "make lint   - cargo fmt --check, clippy, ruff, mypy, generated-code check"
 	@echo "make fmt    - format Rust and Python"
 
@@ -45,23 +46,28 @@ test-python:
 lint: build
 	cargo fmt --check
 	cargo clippy --quiet --all-targets -- -D warnings
-	$(BIN)/ruff check python tests benches scripts
-	$(BIN)/ruff format --check python tests benches scripts
+	$(BIN)/ruff check python tests benches scripts fuzz
+	$(BIN)/ruff format --check python tests benches scripts fuzz
 	$(BIN)/mypy
 	$(BIN)/python -m mypy.stubtest aimesh._native --allowlist scripts/stubtest-allowlist.txt
 	$(BIN)/python scripts/gen_proto.py --check
 
 fmt: $(VENV)/.deps
 	cargo fmt
-	$(BIN)/ruff format python tests benches scripts
-	$(BIN)/ruff check --fix python tests benches scripts
+	$(BIN)/ruff format python tests benches scripts fuzz
+	$(BIN)/ruff check --fix python tests benches scripts fuzz
 
 bench: install
 	$(BIN)/python benches/run.py
+
+# Ten minutes of atheris on the frame decoders, seeded with the golden frames.
+fuzz: install
+	mkdir -p .fuzz-corpus && cp proto/testdata/*.bin .fuzz-corpus/
+	$(BIN)/python fuzz/fuzz_frames.py -max_total_time=600 -max_len=65536 .fuzz-corpus
 
 proto: $(VENV)/.deps
 	$(BIN)/python scripts/gen_proto.py
 	$(BIN)/python scripts/gen_golden.py
 
 clean:
-	rm -rf target $(VENV) bench-results .pytest_cache .mypy_cache .ruff_cache
+	rm -rf target $(VENV) bench-results .fuzz-corpus .pytest_cache .mypy_cache .ruff_cache

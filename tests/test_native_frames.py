@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 import sys
@@ -243,3 +244,90 @@ def test_valid_messages_pass_and_views_validate():
     assert _native.REJECTION_CODES[0] == "routed"
     assert _native.MAX_PAYLOAD_BYTES == 1024 * 1024
     assert sys.getrefcount(_native) > 0
+
+
+# -- streams and batches (the QUIC receive path) ----------------------------------
+
+
+def _bodies(n: int) -> list[bytes]:
+    return [
+        _native.encode_message(agent_id=f"a{i}", payload=bytes([i]) * (i + 1)) for i in range(n)
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(0, 12), cuts=st.lists(st.integers(0, 400), max_size=20))
+def test_frame_decoder_gives_the_same_frames_however_the_stream_is_cut(n, cuts):
+    bodies = _bodies(n)
+    stream = _native.encode_frames(bodies)
+    points = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
+    decoder = _native.FrameDecoder()
+    got: list[bytes] = []
+    for a, b in itertools.pairwise(points):
+        got += [f.tobytes() for f in decoder.feed(stream[a:b])]
+    decoder.finish()
+    assert got == bodies
+    assert decoder.pending_bytes == 0
+
+
+def test_frame_decoder_views_are_zero_copy_and_decode():
+    stream = _native.encode_frames(_bodies(3))
+    frames = _native.FrameDecoder().feed(stream)
+    view = frames[2].view()
+    assert view.obj is stream  # a window on the bytes that arrived
+    assert bytes(frames[2].message().payload) == b"\x02\x02\x02"
+    assert len(frames[2]) == len(_bodies(3)[2])
+
+
+def test_frame_decoder_refuses_on_the_header_and_stays_refused():
+    decoder = _native.FrameDecoder(100)
+    assert decoder.feed(b"\x00\x00") == []
+    with pytest.raises(FrameError) as err:
+        decoder.feed(b"\x00\x65")  # 101 bytes announced, body never sent
+    assert err.value.code == "frame_too_large"
+    with pytest.raises(FrameError):
+        decoder.feed(_native.frame(b"x"))
+
+
+def test_frame_decoder_limit_can_be_lowered_mid_frame_and_truncation_is_reported():
+    decoder = _native.FrameDecoder(1000)
+    decoder.feed(struct.pack(">I", 500) + b"x" * 10)
+    with pytest.raises(FrameError) as err:
+        decoder.max_frame_bytes = 100
+    assert err.value.code == "frame_too_large"
+
+    decoder = _native.FrameDecoder()
+    decoder.feed(_native.frame(b"abc")[:-1])
+    with pytest.raises(FrameError) as err:
+        decoder.finish()
+    assert err.value.code == "truncated_frame"
+
+
+def test_batches_encode_and_decode_like_the_official_library():
+    bodies = _bodies(5)
+    data = _native.encode_batch(bodies)
+    official = pb2.MessageBatch()
+    official.ParseFromString(data)
+    assert [m.SerializeToString(deterministic=True) for m in official.messages] == bodies
+    buf = _native.decode_batch(data)
+    assert [v.encode() for v in buf] == bodies
+    assert buf[4].payload.obj is data  # zero copy
+    golden = (GOLDEN / "message_batch.bin").read_bytes()
+    (frame,) = _native.FrameDecoder().feed(golden)
+    assert [v.agent_id for v in frame.batch()] == ["a", "agent_ü-free"]
+    with pytest.raises(FrameError):
+        _native.decode_batch(b"\x0a\x05\x01")
+    with pytest.raises(FrameError) as err:
+        _native.decode_batch(data, max_frame_bytes=4)
+    assert err.value.code == "frame_too_large"
+
+
+def test_route_batch_accepts_a_decoded_buffer():
+    router = _native.Router()
+    router.upsert_endpoint("a", capacity=1000)
+    router.upsert_endpoint("b", capacity=1000, cost_per_1k_tokens=5.0)
+    bodies = [*_bodies(50), _native.encode_message(agent_id="BAD", payload=b"x")]
+    from_frames = router.route_batch(_native.encode_frames(bodies))
+    from_buffer = router.route_batch(_native.decode_batch(_native.encode_batch(bodies)))
+    assert bytes(from_frames.indices) == bytes(from_buffer.indices)
+    assert from_buffer.rejections == {"invalid_agent_id": 1}

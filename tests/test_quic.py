@@ -218,6 +218,30 @@ async def test_thousand_messages_pipelined_on_one_stream_in_order(gw: Gateway) -
     assert {a.status for a in acks} == {AckStatus.SUCCESS}
 
 
+async def test_pipelined_async_messages_are_stored_and_delivered(gw: Gateway) -> None:
+    batch = [msg(i, agent="quic-pipe-async") for i in range(300)]
+    async with client(gw) as c:
+        acks = [a async for a in c.stream(batch, async_mode=True)]
+    assert [a.original_message_id for a in acks] == [m.message_id for m in batch]
+    assert {a.status for a in acks} == {AckStatus.RECEIVED}
+    with httpx.Client(base_url=gw.url, timeout=10) as http:
+        last = batch[-1].message_id
+        for _ in range(200):
+            if http.get(f"/messages/{last}").json()["status"] == "success":
+                break
+            time.sleep(0.05)
+        assert http.get(f"/messages/{last}").json()["status"] == "success"
+
+
+async def test_reused_message_id_with_another_body_conflicts_in_a_batch(gw: Gateway) -> None:
+    first = msg(1, agent="quic-conflict")
+    clash = AIMessage(agent_id="quic-conflict", payload=b"other body", message_id=first.message_id)
+    async with client(gw) as c:
+        acks = await c.send_batch([first, clash, first], async_mode=True)
+    assert [a.status for a in acks] == [AckStatus.RECEIVED, AckStatus.REJECTED, AckStatus.RECEIVED]
+    assert acks[1].error_code == "message_id_conflict"
+
+
 async def test_many_concurrent_streams(gw: Gateway) -> None:
     async with client(gw, connections=2) as c:
         acks = await asyncio.gather(*(c.send(msg(i, agent="quic-conc")) for i in range(200)))

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ from aimesh.models import (
     EndpointMetrics,
 )
 from aimesh.router import Router, RoutingDecision
-from aimesh.storage import Storage, open_storage
+from aimesh.storage import PutResult, Storage, open_storage
 
 log = logging.getLogger("aimesh.mesh")
 
@@ -328,16 +328,56 @@ class AiMesh:
         if len(self._async_backlog) >= self._async_backlog.capacity:
             raise QueueFullError("queue_full", "async backlog is full", retry_after=1)
         result = await self.storage.put_message(msg, body_hash(msg))
+        self._accepted(msg, result)
+        return _received_ack(msg)
+
+    async def submit_many(
+        self,
+        messages: Sequence[AIMessage],
+        *,
+        key: str | None = None,
+        validated: bool = False,
+    ) -> list[Acknowledgment]:
+        """Async mode for many messages with one durable write: each is
+        admitted (or answered ``rejected``), the admitted ones are stored
+        together, then all are acknowledged ``received``."""
+        self._require_started()
+        acks: list[Acknowledgment | None] = [None] * len(messages)
+        room = self._async_backlog.capacity - len(self._async_backlog)
+        admitted: list[int] = []
+        for i, m in enumerate(messages):
+            try:
+                self.admit(m, key=key, validated=validated)
+                if len(admitted) >= room:
+                    raise QueueFullError("queue_full", "async backlog is full", retry_after=1)
+            except AiMeshError as e:
+                acks[i] = _error_ack(m, e)
+            else:
+                admitted.append(i)
+        if admitted:
+            try:
+                stored = await self.storage.put_messages(
+                    [(messages[i], body_hash(messages[i])) for i in admitted]
+                )
+            except AiMeshError as e:
+                stored = [e] * len(admitted)
+            for i, result in zip(admitted, stored, strict=True):
+                m = messages[i]
+                if isinstance(result, AiMeshError):
+                    acks[i] = _error_ack(m, result)
+                else:
+                    self._accepted(m, result)
+                    acks[i] = _received_ack(m)
+        return [a for a in acks if a is not None]
+
+    def _accepted(self, msg: AIMessage, result: PutResult) -> None:
+        """A message is on disk: queue it for the async workers (unless it
+        was already stored by an earlier, idempotent submission)."""
         if result.created:
             self._async_backlog.push(msg, msg.priority, msg.deadline_ms)
             assert self._async_wakeup is not None
             self._async_wakeup.set()
             self.metrics.accepted_async()
-        return Acknowledgment(
-            original_message_id=msg.message_id,
-            status=AckStatus.RECEIVED,
-            trace_id=msg.trace_id,
-        )
 
     async def handle(
         self,
@@ -368,11 +408,9 @@ class AiMesh:
         """Process many messages concurrently; each gets an ack, in order (a
         message rejected before delivery gets a ``rejected`` ack with its
         code)."""
-        return list(
-            await asyncio.gather(
-                *(self.handle(m, async_mode=async_mode, key=key) for m in messages)
-            )
-        )
+        if async_mode:
+            return await self.submit_many(list(messages), key=key)
+        return list(await asyncio.gather(*(self.handle(m, key=key) for m in messages)))
 
     async def process_buffer(
         self,
@@ -402,9 +440,12 @@ class AiMesh:
             else:
                 self.metrics.rejected(codes[reason])
                 acks[i] = _error_ack(msg, _batch_rejection(codes[reason]))
-        done = await asyncio.gather(
-            *(self.handle(m, async_mode=async_mode, key=key, validated=True) for _, m in admitted)
-        )
+        if async_mode:
+            done = await self.submit_many([m for _, m in admitted], key=key, validated=True)
+        else:
+            done = await asyncio.gather(
+                *(self.handle(m, key=key, validated=True) for _, m in admitted)
+            )
         for (i, _), ack in zip(admitted, done, strict=True):
             acks[i] = ack
         return [a for a in acks if a is not None]
@@ -700,6 +741,12 @@ def _error_ack(msg: AIMessage, e: AiMeshError) -> Acknowledgment:
         error_code=e.code,
         retry_after_s=e.retry_after or 0.0,
         trace_id=msg.trace_id,
+    )
+
+
+def _received_ack(msg: AIMessage) -> Acknowledgment:
+    return Acknowledgment(
+        original_message_id=msg.message_id, status=AckStatus.RECEIVED, trace_id=msg.trace_id
     )
 
 

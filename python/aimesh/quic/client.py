@@ -122,8 +122,11 @@ class _ClientProtocol(QuicConnectionProtocol):
         self.transmit()
 
     def abandon(self, sid: int) -> None:
-        """Stop a stream we no longer read (timeout, cancellation)."""
-        self.inboxes.pop(sid, None)
+        """Forget a stream; stop it first if it did not end cleanly (timeout,
+        cancellation, error)."""
+        box = self.inboxes.pop(sid, None)
+        if box is not None and box.ended and box.error is None and not box.frames:
+            return
         if not self.terminated:
             with contextlib.suppress(Exception):
                 self._quic.reset_stream(sid, int(QuicErrorCode.NO_ERROR))

@@ -93,6 +93,7 @@ class MeshQuicProtocol(QuicConnectionProtocol):
         self.peer: str | None = None
         self.peer_addr: str | None = None
         self.highest_stream = -1
+        self.background: set[asyncio.Task[None]] = set()
         gateway.connections.add(self)
 
     # -- events ---------------------------------------------------------------
@@ -165,6 +166,8 @@ class MeshQuicProtocol(QuicConnectionProtocol):
             )
             self._reset(sid, code)
             return
+        # Async-mode messages that arrive together are stored together.
+        group: list[tuple[asyncio.Future[bytes], AIMessage]] = []
         for frame in frames:
             if not st.hello:
                 if not self._on_hello(sid, st, frame):
@@ -176,7 +179,12 @@ class MeshQuicProtocol(QuicConnectionProtocol):
             if len(st.order) >= self.gw.max_pending + BACKLOG_SLACK:
                 self._reset(sid, QuicErrorCode.BACKLOG_EXCEEDED)
                 return
-            st.order.append(self._answer(sid, st, frame))
+            if st.async_mode and not st.batches:
+                st.order.append(self._join_group(st, frame, group))
+            else:
+                st.order.append(self._answer(sid, st, frame))
+        if group:
+            self._submit_group(sid, st, group)
         if end:
             st.ended = True
         self._flush(sid)
@@ -242,6 +250,46 @@ class MeshQuicProtocol(QuicConnectionProtocol):
 
         task.add_done_callback(answered)
         return task
+
+    def _join_group(
+        self,
+        st: _Stream,
+        frame: _native.RawFrame,
+        group: list[tuple[asyncio.Future[bytes], AIMessage]],
+    ) -> asyncio.Future[bytes]:
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        if st.unanswered + len(group) >= self.gw.max_pending:
+            fut.set_result(_busy_answer(frame, batches=False))
+            return fut
+        try:
+            group.append((fut, AIMessage.from_view(frame.message())))
+        except FrameError as e:
+            fut.set_result(ack_frame(_refused("", e)))
+        return fut
+
+    def _submit_group(
+        self, sid: int, st: _Stream, group: list[tuple[asyncio.Future[bytes], AIMessage]]
+    ) -> None:
+        """One durable write for every async message of one read."""
+        st.unanswered += len(group)
+
+        async def run() -> None:
+            try:
+                acks = await self.gw.mesh.submit_many([m for _, m in group])
+                for (fut, _), ack in zip(group, acks, strict=True):
+                    fut.set_result(ack_frame(ack))
+            except Exception as e:  # answered, never left hanging
+                for fut, _ in group:
+                    if not fut.done():
+                        fut.set_exception(e)
+            finally:
+                st.unanswered -= len(group)
+                self._flush(sid)
+
+        task = asyncio.get_running_loop().create_task(run())
+        # The loop keeps only weak references to tasks.
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     def _flush(self, sid: int) -> None:
         """Write every answer at the head of the stream that is ready."""

@@ -4,9 +4,11 @@ touching the pipeline."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from aimesh.errors import AiMeshError
 from aimesh.models import Acknowledgment, AckStatus, AIMessage, BudgetInfo, EndpointMetrics
 
 
@@ -68,6 +70,14 @@ class Storage(Protocol):
     ) -> PutResult:
         """Insert if absent (on disk when this returns). Same id, other body
         -> ``ConflictError("message_id_conflict")``."""
+        ...
+
+    async def put_messages(
+        self, items: Sequence[tuple[AIMessage, bytes]]
+    ) -> list[PutResult | AiMeshError]:
+        """Many ``put_message`` (status RECEIVED) in one durable write; each
+        item answers its result or its error (a conflict fails only its own
+        message)."""
         ...
 
     async def complete_message(self, message_id: str, ack: Acknowledgment) -> Acknowledgment:

@@ -28,7 +28,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -279,42 +279,34 @@ class SqliteStorage:
         status: AckStatus = AckStatus.RECEIVED,
         ack: Acknowledgment | None = None,
     ) -> PutResult:
-        blob = msg.to_protobuf()
-        now = self._now_ms()
+        row = _message_row(msg, body_hash, status, ack, self._now_ms())
 
         def op(c: sqlite3.Connection) -> PutResult:
-            cur = c.execute(
-                "INSERT OR IGNORE INTO messages (message_id, agent_id, body_hash, priority,"
-                " deadline_ms, status, message, ack, created_at_ms, updated_at_ms)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    msg.message_id,
-                    msg.agent_id,
-                    body_hash,
-                    msg.priority,
-                    msg.deadline_ms,
-                    status.value,
-                    blob,
-                    _ack_bytes(ack),
-                    now,
-                    now,
-                ),
-            )
-            if cur.rowcount == 1:
-                return PutResult(True, status, ack)
-            row = c.execute(
-                "SELECT body_hash, status, ack FROM messages WHERE message_id = ?",
-                (msg.message_id,),
-            ).fetchone()
-            if bytes(row[0]) != body_hash:
-                raise ConflictError(
-                    "message_id_conflict",
-                    f"message_id {msg.message_id} was already used with another body",
-                )
-            return PutResult(False, AckStatus(row[1]), _ack_from(row[2]))
+            return _insert_message(c, row, msg.message_id, body_hash, status, ack)
 
         # Accepting a message (status RECEIVED) is what must survive power loss.
         return await self._call(op, durable=status is AckStatus.RECEIVED)
+
+    async def put_messages(
+        self, items: Sequence[tuple[AIMessage, bytes]]
+    ) -> list[PutResult | AiMeshError]:
+        now = self._now_ms()
+        rows = [
+            (_message_row(m, h, AckStatus.RECEIVED, None, now), m.message_id, h) for m, h in items
+        ]
+
+        def op(c: sqlite3.Connection) -> list[PutResult | AiMeshError]:
+            out: list[PutResult | AiMeshError] = []
+            for row, message_id, body_hash in rows:
+                try:
+                    out.append(
+                        _insert_message(c, row, message_id, body_hash, AckStatus.RECEIVED, None)
+                    )
+                except ConflictError as e:
+                    out.append(e)
+            return out
+
+        return await self._call(op, durable=True)
 
     async def complete_message(self, message_id: str, ack: Acknowledgment) -> Acknowledgment:
         now = self._now_ms()
@@ -633,3 +625,49 @@ def _resolve(fut: asyncio.Future[Any], value: Any, error: BaseException | None) 
         fut.set_exception(error)
     else:
         fut.set_result(value)
+
+
+_INSERT_MESSAGE = (
+    "INSERT OR IGNORE INTO messages (message_id, agent_id, body_hash, priority,"
+    " deadline_ms, status, message, ack, created_at_ms, updated_at_ms)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+def _message_row(
+    msg: AIMessage, body_hash: bytes, status: AckStatus, ack: Acknowledgment | None, now: int
+) -> tuple[Any, ...]:
+    return (
+        msg.message_id,
+        msg.agent_id,
+        body_hash,
+        msg.priority,
+        msg.deadline_ms,
+        status.value,
+        msg.to_protobuf(),
+        _ack_bytes(ack),
+        now,
+        now,
+    )
+
+
+def _insert_message(
+    c: sqlite3.Connection,
+    row: tuple[Any, ...],
+    message_id: str,
+    body_hash: bytes,
+    status: AckStatus,
+    ack: Acknowledgment | None,
+) -> PutResult:
+    """Insert if absent; an existing id answers its stored state, or a
+    conflict when its body differs."""
+    if c.execute(_INSERT_MESSAGE, row).rowcount == 1:
+        return PutResult(True, status, ack)
+    stored = c.execute(
+        "SELECT body_hash, status, ack FROM messages WHERE message_id = ?", (message_id,)
+    ).fetchone()
+    if bytes(stored[0]) != body_hash:
+        raise ConflictError(
+            "message_id_conflict", f"message_id {message_id} was already used with another body"
+        )
+    return PutResult(False, AckStatus(stored[1]), _ack_from(stored[2]))

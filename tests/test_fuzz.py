@@ -1,0 +1,35 @@
+"""A bounded atheris run over the frame decoders (``make fuzz`` runs longer):
+malformed frames must only ever raise ``AiMeshError``."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = 100_000
+
+
+def test_frame_decoders_survive_fuzzing(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for seed in (ROOT / "proto" / "testdata").glob("*.bin"):
+        shutil.copy(seed, corpus)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "fuzz" / "fuzz_frames.py"),
+            f"-runs={RUNS}",
+            "-max_len=4096",
+            "-seed=1",
+            str(corpus),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert f"Done {RUNS} runs" in out, out[-3000:]
