@@ -12,9 +12,7 @@ generator to CPU 1 (on a 2-core machine), so "one core" means one core.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import orjson
@@ -22,13 +20,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loadgen import closed_loop, open_loop
-
-from tests.gateway import make_gateway, start_sim
-
-
-def _pin(pid: int, cpu: int) -> None:
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
-        os.sched_setaffinity(pid, {cpu})
+from rig import gateway_rig
 
 
 def _chat_body(i: int) -> bytes:
@@ -42,57 +34,35 @@ def _message_body(i: int) -> bytes:
 def run(h) -> None:  # type: ignore[no-untyped-def]
     seconds = 2.0 if h.quick else 8.0
     rate = 1000.0
-    _pin(os.getpid(), 1)
-    sim = start_sim("--latency-ms", "0", "--jitter-ms", "0", "--completion-tokens", "8")
-    _pin(sim.proc.pid, 1)
-    with tempfile.TemporaryDirectory() as tmp:
-        gw = make_gateway(
-            Path(tmp),
-            [{"endpoint_id": "sim", "url": sim.url, "kind": "openai", "capacity": 4096}],
-            limits={
-                "rate_limit_rps": 10_000_000,
-                "rate_limit_burst": 10_000_000,
-                "queue_capacity": 100_000,
-            },
-            env={"AIMESH_LOG_LEVEL": "warning"},
+    with gateway_rig(queue_capacity=100_000) as (sim, gw):
+        direct = asyncio.run(open_loop(sim.url, _chat_body, "/v1/chat/completions", rate, seconds))
+        through = asyncio.run(open_loop(gw.url, _message_body, "/messages", rate, seconds))
+        for name, res in (("direct to simulator", direct), ("through AiMesh", through)):
+            h.record(f"{name} @1k rps P50", res.hist.p50, "ms", errors=res.errors)
+            h.record(f"{name} @1k rps P99", res.hist.p99, "ms", errors=res.errors)
+        h.record("added latency P50 @1k rps", through.hist.p50 - direct.hist.p50, "ms")
+        h.record("added latency P99 @1k rps", through.hist.p99 - direct.hist.p99, "ms")
+        offset = 10_000_000
+        sync = asyncio.run(
+            closed_loop(gw.url, lambda i: _message_body(offset + i), "/messages", 64, seconds)
         )
-        gw.start()
-        assert gw.proc is not None
-        _pin(gw.proc.pid, 0)
-        try:
-            direct = asyncio.run(
-                open_loop(sim.url, _chat_body, "/v1/chat/completions", rate, seconds)
+        h.record(
+            "POST /messages max rps (sync, delivered)",
+            sync.rps,
+            "req/s",
+            errors=sync.errors,
+            p99_ms=sync.hist.p99,
+        )
+        offset = 20_000_000
+        asy = asyncio.run(
+            closed_loop(
+                gw.url, lambda i: _message_body(offset + i), "/messages?mode=async", 64, seconds
             )
-            through = asyncio.run(open_loop(gw.url, _message_body, "/messages", rate, seconds))
-            for name, res in (("direct to simulator", direct), ("through AiMesh", through)):
-                h.record(f"{name} @1k rps P50", res.hist.p50, "ms", errors=res.errors)
-                h.record(f"{name} @1k rps P99", res.hist.p99, "ms", errors=res.errors)
-            h.record("added latency P50 @1k rps", through.hist.p50 - direct.hist.p50, "ms")
-            h.record("added latency P99 @1k rps", through.hist.p99 - direct.hist.p99, "ms")
-            offset = 10_000_000
-            sync = asyncio.run(
-                closed_loop(gw.url, lambda i: _message_body(offset + i), "/messages", 64, seconds)
-            )
-            h.record(
-                "POST /messages max rps (sync, delivered)",
-                sync.rps,
-                "req/s",
-                errors=sync.errors,
-                p99_ms=sync.hist.p99,
-            )
-            offset = 20_000_000
-            asy = asyncio.run(
-                closed_loop(
-                    gw.url, lambda i: _message_body(offset + i), "/messages?mode=async", 64, seconds
-                )
-            )
-            h.record(
-                "POST /messages?mode=async intake rps (on disk)",
-                asy.rps,
-                "req/s",
-                errors=asy.errors,
-                p99_ms=asy.hist.p99,
-            )
-        finally:
-            gw.stop()
-            sim.stop()
+        )
+        h.record(
+            "POST /messages?mode=async intake rps (on disk)",
+            asy.rps,
+            "req/s",
+            errors=asy.errors,
+            p99_ms=asy.hist.p99,
+        )

@@ -52,6 +52,32 @@ def test_readme_sdk_example_runs_as_written(sims, tmp_path):
         gw.stop()
 
 
+def test_readme_quic_example_runs_as_written(sims, tmp_path):
+    """The README's QUIC example uses 127.0.0.1:9001 and the certificate in
+    ./.aimesh-data: run a gateway so, and the example from its directory."""
+    sim = sims()
+    gw = make_gateway(tmp_path, [openai_endpoint(sim, "sim")])
+    gw.data_dir = tmp_path / ".aimesh-data"
+    gw.env["AIMESH_DATA_DIR"] = str(gw.data_dir)
+    gw.env["AIMESH_QUIC_ADDR"] = "127.0.0.1:9001"
+    gw.start()
+    try:
+        blocks = [b for b in readme_blocks() if "QuicClient(" in b]
+        assert blocks, "README has no QUIC example"
+        for block in blocks:
+            out = subprocess.run(
+                [sys.executable, "-c", block],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=tmp_path,
+            )
+            assert out.returncode == 0, out.stderr
+            assert out.stdout.strip() == "['success', 'success', 'success']"
+    finally:
+        gw.stop()
+
+
 def test_readme_embedded_example_runs_as_written():
     blocks = [b for b in readme_blocks() if "AiMesh(AiMeshConfig())" in b]
     assert blocks, "README has no embedded example"

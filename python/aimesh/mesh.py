@@ -275,14 +275,7 @@ class AiMesh:
         if self._draining:
             raise ServiceUnavailableError("draining", "the gateway is shutting down", retry_after=1)
         if not validated or self.config.max_payload_bytes < _native.MAX_PAYLOAD_BYTES:
-            _native.validate_fields(
-                msg.agent_id,
-                len(msg.payload),
-                msg.budget_tokens,
-                msg.deadline_ms,
-                msg.priority,
-                max_payload_bytes=self.config.max_payload_bytes,
-            )
+            self._validate(msg)
             group = msg.group
             if group is not None and group not in self.router.groups():
                 raise NotFoundError("unknown_group", f"no endpoints serve model {group!r}")
@@ -452,6 +445,11 @@ class AiMesh:
 
     def route(self, msg: AIMessage) -> RoutingDecision:
         """Dry run: the routing decision for ``msg``; nothing is delivered."""
+        self._validate(msg)
+        return self.router.route(msg, exclude=self.deliverer.open_circuits())
+
+    def _validate(self, msg: AIMessage) -> None:
+        """The protocol rules (``ValidationError`` with the rule's code)."""
         _native.validate_fields(
             msg.agent_id,
             len(msg.payload),
@@ -460,7 +458,6 @@ class AiMesh:
             msg.priority,
             max_payload_bytes=self.config.max_payload_bytes,
         )
-        return self.router.route(msg, exclude=self.deliverer.open_circuits())
 
     async def get_message(self, message_id: str) -> dict[str, Any]:
         stored = await self.storage.get_message(message_id)

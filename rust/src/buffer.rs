@@ -973,10 +973,21 @@ fn encode_batch<'py>(
     py: Python<'py>,
     bodies: Vec<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyBytes>> {
+    join_bodies(py, &bodies, |out, body| {
+        put_len(out, 1, body);
+        Ok(())
+    })
+}
+
+/// Concatenate `bodies`, each written by `put`.
+fn join_bodies<'py>(
+    py: Python<'py>,
+    bodies: &[Bound<'py, PyAny>],
+    put: impl Fn(&mut Vec<u8>, &[u8]) -> Result<(), NativeError>,
+) -> PyResult<Bound<'py, PyBytes>> {
     let mut out = Vec::new();
-    for b in &bodies {
-        let b = as_pybytes(b)?;
-        put_len(&mut out, 1, b.as_bytes());
+    for b in bodies {
+        put(&mut out, as_pybytes(b)?.as_bytes())?;
     }
     Ok(PyBytes::new(py, &out))
 }
@@ -1052,12 +1063,10 @@ fn encode_frames<'py>(
     py: Python<'py>,
     bodies: Vec<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let mut out = Vec::new();
-    for b in &bodies {
-        let b = as_pybytes(b)?;
-        out.extend_from_slice(&frame_bytes(b.as_bytes())?);
-    }
-    Ok(PyBytes::new(py, &out))
+    join_bodies(py, &bodies, |out, body| {
+        out.extend_from_slice(&frame_bytes(body)?);
+        Ok(())
+    })
 }
 
 #[pyfunction]
