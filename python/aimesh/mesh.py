@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 
 from aimesh import _native
 from aimesh.config import AiMeshConfig
-from aimesh.endpoints import DeliveryRequest, DeliveryResult
+from aimesh.endpoints import DeliveryRequest, DeliveryResult, StreamSink
 from aimesh.endpoints.delivery import Deliverer
 from aimesh.errors import (
     AiMeshError,
@@ -46,11 +47,13 @@ from aimesh.models import (
     BudgetInfo,
     EndpointMetrics,
 )
-from aimesh.router import Router, RoutingDecision
+from aimesh.router import Router, RoutingDecision, decision_to_json
 from aimesh.storage import PutResult, Storage, open_storage
 
 log = logging.getLogger("aimesh.mesh")
 
+#: Routing decisions kept in ``AiMesh.recent_decisions``.
+RECENT_DECISIONS = 50
 #: How long a rejected async submission should wait before retrying.
 QUEUE_RETRY_AFTER_S = 1.0
 
@@ -65,6 +68,7 @@ class _Job:
     future: asyncio.Future[Acknowledgment]
     seq: int = 0
     attrs: dict[str, Any] = field(default_factory=dict)
+    sink: StreamSink | None = None
 
 
 def body_hash(msg: AIMessage) -> bytes:
@@ -106,6 +110,9 @@ class AiMesh:
         # Last known budget of each agent, for the Prometheus gauges (a
         # scrape must not wait on storage).
         self.budget_cache: dict[str, BudgetInfo] = {}
+        #: The last routing decisions of real deliveries, newest last (for
+        #: the dashboard and debugging; bounded).
+        self.recent_decisions: deque[dict[str, object]] = deque(maxlen=RECENT_DECISIONS)
         self._storage = storage
         self._wakeup: asyncio.Event | None = None
         # Set whenever a delivery attempt ends and frees endpoint capacity.
@@ -299,14 +306,22 @@ class AiMesh:
             )
 
     async def process_message(
-        self, msg: AIMessage, *, key: str | None = None, validated: bool = False
+        self,
+        msg: AIMessage,
+        *,
+        key: str | None = None,
+        validated: bool = False,
+        sink: StreamSink | None = None,
     ) -> Acknowledgment:
         """Run the whole pipeline for one message and answer its
-        acknowledgment (``success``, ``failed`` or ``duplicate``)."""
+        acknowledgment (``success``, ``failed`` or ``duplicate``). With a
+        ``sink``, a chat completion is streamed into it as the upstream
+        answers (the ack's ``result`` then holds every event sent; a
+        duplicate is not streamed: its ``result`` is the original's events)."""
         self._require_started()
         self.admit(msg, key=key, validated=validated)
         self.check_idempotency(msg)
-        ack = await self._run(msg)
+        ack = await self._run(msg, sink)
         self._spawn(self._record_sync(msg, ack))
         return ack
 
@@ -474,7 +489,7 @@ class AiMesh:
 
     # -- stages after admission -------------------------------------------------
 
-    async def _run(self, msg: AIMessage) -> Acknowledgment:
+    async def _run(self, msg: AIMessage, sink: StreamSink | None = None) -> Acknowledgment:
         """dedup (single-flight) -> reserve -> enqueue -> deliver -> settle."""
         loop = asyncio.get_running_loop()
         key = _native.dedup_key(msg.agent_id, msg.payload, msg.dedup_context)
@@ -491,7 +506,7 @@ class AiMesh:
             )
         flight.add_done_callback(_consume_exception)
         try:
-            ack = await self._reserve_and_deliver(msg)
+            ack = await self._reserve_and_deliver(msg, sink)
         except BaseException as e:
             self.dedup.remove(key)
             if not flight.done():
@@ -510,7 +525,9 @@ class AiMesh:
         flight.set_result(ack)
         return ack
 
-    async def _reserve_and_deliver(self, msg: AIMessage) -> Acknowledgment:
+    async def _reserve_and_deliver(
+        self, msg: AIMessage, sink: StreamSink | None = None
+    ) -> Acknowledgment:
         tokens = msg.estimated_tokens()
         if msg.budget_tokens is not None and tokens > msg.budget_tokens:
             raise BudgetExceededError(
@@ -527,7 +544,7 @@ class AiMesh:
                 self.metrics.rejected("budget_exceeded")
                 raise
         loop = asyncio.get_running_loop()
-        job = _Job(msg, reservation, time.perf_counter(), loop.create_future())
+        job = _Job(msg, reservation, time.perf_counter(), loop.create_future(), sink=sink)
         try:
             job.seq = self.queue.push(job, msg.priority, msg.deadline_ms)
         except QueueFullError as e:
@@ -592,6 +609,10 @@ class AiMesh:
         used = 0
         try:
             decision = await self._route_when_capacity(msg)
+            record = decision_to_json(decision, msg.message_id)
+            record["agent_id"] = msg.agent_id
+            record["at_ms"] = int(time.time() * 1000)
+            self.recent_decisions.append(record)
             request = DeliveryRequest(
                 payload=msg.payload,
                 message_id=msg.message_id,
@@ -599,6 +620,7 @@ class AiMesh:
                 metadata=msg.metadata,
                 deadline_ms=msg.deadline_ms,
                 estimated_tokens=msg.estimated_tokens(),
+                sink=job.sink,
             )
             result: DeliveryResult = await self.deliverer.deliver(request, decision)
             used = result.tokens_used
@@ -612,9 +634,12 @@ class AiMesh:
                 trace_id=msg.trace_id,
             )
         except AiMeshError as e:
+            # A stream cut short has spent tokens upstream: they are charged.
+            used = int(e.details.get("tokens_used") or 0)
             ack = Acknowledgment(
                 original_message_id=msg.message_id,
                 status=AckStatus.FAILED,
+                tokens_used=used,
                 processing_latency_ms=(time.perf_counter() - job.started) * 1000,
                 error=e.message,
                 error_code=e.code,

@@ -2,6 +2,12 @@
 circuit breakers and the :class:`~aimesh.endpoints.delivery.Deliverer` that
 walks a routing decision's fallback chain."""
 
-from aimesh.endpoints.base import DeliveryRequest, DeliveryResult, EndpointFailure
+from aimesh.endpoints.base import (
+    ClientGone,
+    DeliveryRequest,
+    DeliveryResult,
+    EndpointFailure,
+    StreamSink,
+)
 
-__all__ = ["DeliveryRequest", "DeliveryResult", "EndpointFailure"]
+__all__ = ["ClientGone", "DeliveryRequest", "DeliveryResult", "EndpointFailure", "StreamSink"]

@@ -12,8 +12,9 @@ import aiohttp
 import orjson
 from multidict import CIMultiDictProxy
 
-from aimesh.endpoints.base import DeliveryRequest, EndpointFailure
+from aimesh.endpoints.base import ClientGone, DeliveryRequest, EndpointFailure, StreamSink
 from aimesh.models import EndpointMetrics, estimate_tokens
+from aimesh.tracing import child_traceparent
 
 
 @dataclass(slots=True)
@@ -28,6 +29,8 @@ class UpstreamResponse:
 
 
 class Adapter(Protocol):
+    """How one ``kind`` of endpoint is called."""
+
     async def call(
         self,
         client: aiohttp.ClientSession,
@@ -62,6 +65,9 @@ def _headers(endpoint: EndpointMetrics, request: DeliveryRequest, ctype: str) ->
     headers["x-aimesh-message-id"] = request.message_id
     if request.trace_id:
         headers["x-aimesh-trace-id"] = request.trace_id
+        parent = child_traceparent(request.trace_id)
+        if parent:
+            headers["traceparent"] = parent
     headers.update(request.headers)
     return headers
 
@@ -86,6 +92,13 @@ async def _post(
         raise EndpointFailure(
             "upstream_unreachable", f"{type(e).__name__}: {e}", retryable=True
         ) from None
+    _check_status(response)
+    return response
+
+
+def _check_status(response: UpstreamResponse) -> None:
+    """429 and 5xx are retryable failures; another 4xx means the request
+    itself is bad."""
     if response.status == 429 or response.status >= 500:
         retry_after = None
         header = response.headers.get("retry-after")
@@ -108,7 +121,6 @@ async def _post(
             retryable=False,
             status=response.status,
         )
-    return response
 
 
 def chat_url(url: str) -> str:
@@ -167,6 +179,86 @@ class OpenAIAdapter:
                 ) from None
             tokens = estimate_tokens(len(request.payload) + len(response.content))
         return response.content, tokens
+
+    async def stream(
+        self,
+        client: aiohttp.ClientSession,
+        endpoint: EndpointMetrics,
+        request: DeliveryRequest,
+        timeout: float,
+        sink: StreamSink,
+    ) -> tuple[bytes, int]:
+        """Stream the chat completion event by event into ``sink``; answer
+        every event sent (for replay) and the tokens used (the stream's
+        ``usage``, which is always requested upstream; estimated when the
+        upstream gives none). A failure before the first event may fall back;
+        after it, it may not."""
+        body = chat_body(endpoint, request.payload)
+        options = body.get("stream_options")
+        client_wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        body["stream"] = True
+        body["stream_options"] = {**(options or {}), "include_usage": True}
+        headers = _headers(endpoint, request, "application/json")
+        sent = bytearray()
+        content_chars = 0
+        tokens: int | None = None
+
+        def used() -> int:
+            return tokens or estimate_tokens(len(request.payload)) + max(1, content_chars // 4)
+
+        # A total timeout would cut long answers: bound connecting and each
+        # wait for the next bytes instead.
+        limits = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
+        try:
+            async with client.post(
+                chat_url(endpoint.url), data=orjson.dumps(body), headers=headers, timeout=limits
+            ) as r:
+                if r.status >= 400:
+                    _check_status(UpstreamResponse(r.status, r.headers, await r.read()))
+                async for line in r.content:
+                    if not line.startswith(b"data:"):
+                        continue  # blank separators, comments, other SSE fields
+                    data = line[5:].strip()
+                    if data != b"[DONE]":
+                        try:
+                            event = orjson.loads(data)
+                        except orjson.JSONDecodeError:
+                            raise EndpointFailure(
+                                "upstream_invalid_response",
+                                "a stream event is not JSON",
+                                retryable=not sent,
+                                tokens_used=used(),
+                            ) from None
+                        if isinstance(event.get("usage"), dict):
+                            tokens = int(event["usage"].get("total_tokens") or 0) or None
+                        for choice in event.get("choices") or ():
+                            delta = choice.get("delta") or {}
+                            content_chars += len(delta.get("content") or "")
+                        if not event.get("choices") and not client_wants_usage:
+                            continue  # the usage-only event AiMesh asked for itself
+                    chunk = b"data: " + data + b"\n\n"
+                    try:
+                        await sink(chunk)
+                    except ClientGone:
+                        raise EndpointFailure(
+                            "client_disconnected",
+                            "the client went away mid-stream",
+                            retryable=False,
+                            tokens_used=used(),
+                        ) from None
+                    sent += chunk
+        except (asyncio.TimeoutError, aiohttp.ClientError) as e:
+            raise EndpointFailure(
+                "upstream_timeout"
+                if isinstance(e, asyncio.TimeoutError)
+                else "upstream_unreachable",
+                f"{type(e).__name__}: {e}",
+                retryable=not sent,
+                tokens_used=used() if sent else 0,
+            ) from None
+        if not sent:
+            raise EndpointFailure("upstream_invalid_response", "empty stream", retryable=True)
+        return bytes(sent), used()
 
 
 class HttpAdapter:

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+
+#: Receives a streamed answer event by event (Server-Sent Events bytes).
+#: Raises :class:`ClientGone` when the reader went away.
+StreamSink = Callable[[bytes], Awaitable[None]]
+
+
+class ClientGone(Exception):
+    """The client of a streamed answer disconnected."""
 
 
 @dataclass(slots=True)
@@ -16,6 +25,10 @@ class DeliveryRequest:
     deadline_ms: int | None = None
     estimated_tokens: int = 1
     headers: dict[str, str] = field(default_factory=dict)
+    #: When set, the answer is streamed to it as it arrives (chat
+    #: completions with ``stream: true``); a failure after the first event
+    #: cannot fall back to another endpoint.
+    sink: StreamSink | None = None
 
 
 @dataclass(slots=True)
@@ -43,6 +56,7 @@ class EndpointFailure(Exception):
         retryable: bool,
         status: int | None = None,
         retry_after: float | None = None,
+        tokens_used: int = 0,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -50,3 +64,6 @@ class EndpointFailure(Exception):
         self.retryable = retryable
         self.status = status
         self.retry_after = retry_after
+        # Tokens the upstream spent before the failure (a stream cut short):
+        # they are charged to the budget.
+        self.tokens_used = tokens_used

@@ -20,8 +20,8 @@ from typing import Any, Protocol
 import aiohttp
 
 from aimesh import _native
-from aimesh.endpoints.adapters import ADAPTERS, chat_url
-from aimesh.endpoints.base import DeliveryRequest, DeliveryResult, EndpointFailure
+from aimesh.endpoints.adapters import ADAPTERS, OpenAIAdapter, chat_url
+from aimesh.endpoints.base import ClientGone, DeliveryRequest, DeliveryResult, EndpointFailure
 from aimesh.endpoints.breaker import CircuitBreaker
 from aimesh.errors import UpstreamError
 from aimesh.models import EndpointMetrics
@@ -142,11 +142,17 @@ class Deliverer:
                         }
                     )
                     if not f.retryable:
+                        # A bad request, a missing key, or a stream already
+                        # under way: no other endpoint can help.
                         breaker.release()
                         raise UpstreamError(
-                            f.code if f.code == "missing_api_key" else "upstream_rejected",
+                            f.code,
                             f.message,
-                            details={"endpoint_id": eid, "attempts": attempts},
+                            details={
+                                "endpoint_id": eid,
+                                "attempts": attempts,
+                                "tokens_used": f.tokens_used,
+                            },
                         ) from None
                     breaker.failure()
                     if attempt + 1 < self.max_attempts and breaker.state == breaker.CLOSED:
@@ -182,7 +188,22 @@ class Deliverer:
             t0 = time.perf_counter()
             ok = False
             try:
-                result, tokens = await adapter.call(self.client, endpoint, request, timeout)
+                if request.sink is not None and isinstance(adapter, OpenAIAdapter):
+                    result, tokens = await adapter.stream(
+                        self.client, endpoint, request, timeout, request.sink
+                    )
+                else:
+                    result, tokens = await adapter.call(self.client, endpoint, request, timeout)
+                    if request.sink is not None:  # not a streaming upstream: one piece
+                        try:
+                            await request.sink(result)
+                        except ClientGone:
+                            raise EndpointFailure(
+                                "client_disconnected",
+                                "the client went away",
+                                retryable=False,
+                                tokens_used=tokens,
+                            ) from None
                 ok = True
                 return result, tokens, (time.perf_counter() - t0) * 1000
             finally:

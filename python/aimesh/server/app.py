@@ -344,6 +344,9 @@ def create_app(
             for service in reversed(started):
                 await service.stop()
 
+    from aimesh.server.openai_api import OpenAIFrontDoor  # imports this module
+
+    routes += OpenAIFrontDoor(api).routes()
     app = Starlette(
         routes=routes,
         exception_handlers={404: not_found, 405: not_allowed},

@@ -76,6 +76,8 @@ class SimulatorApp:
         self.max_in_flight = 0
         self.message_ids: Counter[str] = Counter()
         self.authorized = 0
+        # W3C trace ids of the requests seen (to check trace propagation).
+        self.trace_ids: Counter[str] = Counter()
 
     def stats(self) -> dict[str, Any]:
         repeated = sum(1 for c in self.message_ids.values() if c > 1)
@@ -89,6 +91,7 @@ class SimulatorApp:
             "unique_message_ids": len(self.message_ids),
             "repeated_message_ids": repeated,
             "with_authorization": self.authorized,
+            "trace_ids": dict(self.trace_ids),
             "config": asdict(self.config),
         }
 
@@ -131,6 +134,9 @@ class SimulatorApp:
             self.message_ids[mid] += 1
         if headers.get("authorization"):
             self.authorized += 1
+        parent = headers.get("traceparent", "").split("-")
+        if len(parent) == 4:
+            self.trace_ids[parent[1]] += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
