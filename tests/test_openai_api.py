@@ -112,7 +112,9 @@ def test_budget_applies_and_settles_with_real_usage(gw: Gateway) -> None:
     assert after["initial_tokens"] - after["remaining_tokens"] == completion.usage.total_tokens
 
 
-def test_dedup_answers_a_repeat_without_an_upstream_call(gw: Gateway, pair: tuple[Sim, Sim]) -> None:
+def test_dedup_answers_a_repeat_without_an_upstream_call(
+    gw: Gateway, pair: tuple[Sim, Sim]
+) -> None:
     c = client(gw)
     messages = ask()
     before = sum(httpx.get(f"{s.url}/_sim/stats").json()["requests"] for s in pair)
@@ -124,7 +126,9 @@ def test_dedup_answers_a_repeat_without_an_upstream_call(gw: Gateway, pair: tupl
     assert again.parse().choices[0].message.content == first.parse().choices[0].message.content
 
 
-def test_traceparent_reaches_the_upstream_and_the_answer(gw: Gateway, pair: tuple[Sim, Sim]) -> None:
+def test_traceparent_reaches_the_upstream_and_the_answer(
+    gw: Gateway, pair: tuple[Sim, Sim]
+) -> None:
     c = client(gw, default_headers={"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"})
     raw = c.chat.completions.with_raw_response.create(model="gpt-4o", messages=ask())
     assert raw.headers["x-aimesh-trace-id"] == TRACE_ID

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from aimesh import logs
 from aimesh.errors import AiMeshError
 
 DEFAULT_URL = "http://127.0.0.1:9000"
@@ -232,15 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``aimesh`` command."""
-    logging.basicConfig(
-        level=os.environ.get("AIMESH_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # The server logs JSON lines (for log pipelines); the other commands
+    # talk to a person.
+    fmt = os.environ.get("AIMESH_LOG_FORMAT") or ("json" if args.fn is cmd_serve else "text")
+    logs.configure(json_lines=fmt == "json")
     # The SDK's HTTP client logs every request at INFO; a CLI user wants the
     # answer, not the transport chatter.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
         code: int = args.fn(args)
         return code

@@ -39,6 +39,7 @@ from aimesh.errors import (
     ServiceUnavailableError,
     ValidationError,
 )
+from aimesh.logs import log_message
 from aimesh.metrics import MeshMetrics
 from aimesh.models import (
     Acknowledgment,
@@ -498,12 +499,14 @@ class AiMesh:
         if not new:
             original: Acknowledgment = await asyncio.shield(existing)  # type: ignore[arg-type]
             self.metrics.duplicate()
-            return replace(
+            dup = replace(
                 original,
                 status=AckStatus.DUPLICATE,
                 processing_latency_ms=0.0,
                 trace_id=msg.trace_id or original.trace_id,
             )
+            log_message(msg.message_id, msg.agent_id, dup)
+            return dup
         flight.add_done_callback(_consume_exception)
         try:
             ack = await self._reserve_and_deliver(msg, sink)
@@ -600,6 +603,7 @@ class AiMesh:
             trace_id=job.message.trace_id,
         )
         self.metrics.completed(ack, cost=0.0)
+        log_message(job.message.message_id, job.message.agent_id, ack)
         if not job.future.done():
             job.future.set_result(ack)
 
@@ -664,6 +668,7 @@ class AiMesh:
             ep = self.endpoints.get(ack.endpoint_id)
             cost = ack.tokens_used / 1000 * ep.cost_per_1k_tokens if ep else 0.0
             self.metrics.completed(ack, cost=cost)
+            log_message(msg.message_id, msg.agent_id, ack)
             if not job.future.done():
                 job.future.set_result(ack)
 

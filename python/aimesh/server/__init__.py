@@ -107,6 +107,8 @@ def serve(config: AiMeshConfig | None = None) -> None:
                 host=host,
                 port=port,
                 log_level=os.environ.get("AIMESH_LOG_LEVEL", "info").lower(),
+                # uvicorn's records go through the root handler (JSON lines).
+                log_config=None,
                 access_log=False,
                 timeout_graceful_shutdown=15,
                 limit_concurrency=None,

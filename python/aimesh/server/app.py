@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 import orjson
@@ -30,6 +31,7 @@ from aimesh.models import Acknowledgment, AIMessage, EndpointMetrics
 from aimesh.router import decision_to_json
 from aimesh.server import protobuf as pb
 from aimesh.server.openapi import openapi_spec
+from aimesh.tracing import trace_id_from
 
 log = logging.getLogger("aimesh.server")
 
@@ -107,8 +109,15 @@ class HttpApi:
     async def read_message(self, request: Request) -> AIMessage:
         body = await read_body(request, self.mesh.config.max_body_bytes)
         if is_protobuf(request):
-            return pb.message_from_protobuf(body)
-        return AIMessage.from_json_dict(parse_json(body))
+            msg = pb.message_from_protobuf(body)
+        else:
+            msg = AIMessage.from_json_dict(parse_json(body))
+        if not msg.trace_id:
+            # A W3C trace started by the agent continues through AiMesh.
+            trace_id = trace_id_from(request.headers.get("traceparent"))
+            if trace_id:
+                msg = replace(msg, trace_id=trace_id)
+        return msg
 
     def ack_response(self, request: Request, ack: Acknowledgment, status: int = 200) -> Response:
         if wants_protobuf(request):
