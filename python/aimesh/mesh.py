@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from aimesh import _native
+from aimesh import _native, telemetry
 from aimesh.config import AiMeshConfig
 from aimesh.endpoints import DeliveryRequest, DeliveryResult, StreamSink
 from aimesh.endpoints.delivery import Deliverer
@@ -50,6 +50,7 @@ from aimesh.models import (
 )
 from aimesh.router import Router, RoutingDecision, decision_to_json
 from aimesh.storage import PutResult, Storage, open_storage
+from aimesh.tracing import new_trace_id
 
 log = logging.getLogger("aimesh.mesh")
 
@@ -70,6 +71,7 @@ class _Job:
     seq: int = 0
     attrs: dict[str, Any] = field(default_factory=dict)
     sink: StreamSink | None = None
+    enqueued_ns: int = 0
 
 
 def body_hash(msg: AIMessage) -> bytes:
@@ -282,6 +284,10 @@ class AiMesh:
         batch pass already applied the protocol rules and the group check."""
         if self._draining:
             raise ServiceUnavailableError("draining", "the gateway is shutting down", retry_after=1)
+        if not msg.trace_id:
+            # Every message gets a W3C trace id: in its ack, its log line
+            # and its spans (not part of its identity: see body_hash).
+            msg.trace_id = new_trace_id()
         if not validated or self.config.max_payload_bytes < _native.MAX_PAYLOAD_BYTES:
             self._validate(msg)
             group = msg.group
@@ -320,8 +326,18 @@ class AiMesh:
         answers (the ack's ``result`` then holds every event sent; a
         duplicate is not streamed: its ``result`` is the original's events)."""
         self._require_started()
+        t0 = telemetry.now_ns() if telemetry.enabled else 0
         self.admit(msg, key=key, validated=validated)
         self.check_idempotency(msg)
+        if telemetry.enabled:
+            telemetry.record(
+                "aimesh.admit",
+                msg.trace_id,
+                msg.message_id,
+                t0,
+                telemetry.now_ns(),
+                **{"aimesh.agent_id": msg.agent_id},
+            )
         ack = await self._run(msg, sink)
         self._spawn(self._record_sync(msg, ack))
         return ack
@@ -541,13 +557,25 @@ class AiMesh:
         # This process owns its storage, so the set of agents with a budget
         # is known here: agents without one skip the storage round trip.
         if msg.agent_id in self.budget_cache:
+            t0 = telemetry.now_ns() if telemetry.enabled else 0
             try:
                 await self.storage.reserve(msg.agent_id, reservation, tokens)
             except BudgetExceededError:
                 self.metrics.rejected("budget_exceeded")
                 raise
+            finally:
+                if telemetry.enabled:
+                    telemetry.record(
+                        "aimesh.budget.reserve",
+                        msg.trace_id,
+                        msg.message_id,
+                        t0,
+                        telemetry.now_ns(),
+                        **{"aimesh.tokens": tokens},
+                    )
         loop = asyncio.get_running_loop()
         job = _Job(msg, reservation, time.perf_counter(), loop.create_future(), sink=sink)
+        job.enqueued_ns = telemetry.now_ns() if telemetry.enabled else 0
         try:
             job.seq = self.queue.push(job, msg.priority, msg.deadline_ms)
         except QueueFullError as e:
@@ -611,8 +639,33 @@ class AiMesh:
         msg = job.message
         ack: Acknowledgment | None = None
         used = 0
+        traced = telemetry.enabled and job.enqueued_ns > 0
+        t_route = telemetry.now_ns() if traced else 0
+        t_deliver = 0
+        if traced:
+            telemetry.record(
+                "aimesh.queue",
+                msg.trace_id,
+                msg.message_id,
+                job.enqueued_ns,
+                t_route,
+                **{"aimesh.priority": msg.priority},
+            )
         try:
             decision = await self._route_when_capacity(msg)
+            t_deliver = telemetry.now_ns() if traced else 0
+            if traced:
+                telemetry.record(
+                    "aimesh.route",
+                    msg.trace_id,
+                    msg.message_id,
+                    t_route,
+                    t_deliver,
+                    **{
+                        "aimesh.endpoint": decision.target_endpoint,
+                        "aimesh.reason": decision.reason,
+                    },
+                )
             record = decision_to_json(decision, msg.message_id)
             record["agent_id"] = msg.agent_id
             record["at_ms"] = int(time.time() * 1000)
@@ -651,12 +704,35 @@ class AiMesh:
                 trace_id=msg.trace_id,
             )
         finally:
+            t_settle = telemetry.now_ns() if traced else 0
+            if traced and ack is not None:
+                telemetry.record(
+                    "aimesh.deliver",
+                    msg.trace_id,
+                    msg.message_id,
+                    t_deliver or t_route,
+                    t_settle,
+                    **{
+                        "aimesh.endpoint": ack.endpoint_id,
+                        "aimesh.status": ack.status.value,
+                        "aimesh.tokens": ack.tokens_used,
+                    },
+                )
             # Settle even on cancellation so a reservation never leaks.
             if msg.agent_id in self.budget_cache:
                 with contextlib.suppress(Exception):
                     info = await asyncio.shield(self.storage.settle(job.reservation_id, used))
                     if info is not None:
                         self._cache_budget(info)
+                if traced:
+                    telemetry.record(
+                        "aimesh.budget.settle",
+                        msg.trace_id,
+                        msg.message_id,
+                        t_settle,
+                        telemetry.now_ns(),
+                        **{"aimesh.tokens": used},
+                    )
             if ack is None:
                 ack = Acknowledgment(
                     original_message_id=msg.message_id,

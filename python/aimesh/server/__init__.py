@@ -17,6 +17,7 @@ from contextlib import suppress
 import httpx
 import uvicorn
 
+from aimesh import telemetry
 from aimesh.config import AiMeshConfig, SimulatorConfig, is_loopback, parse_addr
 from aimesh.mesh import AiMesh
 from aimesh.server.app import create_app
@@ -92,6 +93,7 @@ def serve(config: AiMeshConfig | None = None) -> None:
     # add up to 5 ms to each of those hand-offs under load.
     sys.setswitchinterval(0.0005)
     procs = start_simulators(cfg.simulators) if cfg.simulators else []
+    telemetry.configure()  # on only with an OTLP endpoint and the otel extra
     try:
         mesh = AiMesh(cfg)
         services = []
@@ -118,6 +120,7 @@ def serve(config: AiMeshConfig | None = None) -> None:
         )
         asyncio.run(server.serve())
     finally:
+        telemetry.shutdown()
         for p in procs:
             p.send_signal(signal.SIGTERM)
         for p in procs:
