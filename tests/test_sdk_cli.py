@@ -192,3 +192,44 @@ def test_cli_reports_an_unreachable_server():
     out = run_cli("http://127.0.0.1:9", "stats")
     assert out.returncode == 1
     assert "cannot reach" in out.stderr
+
+
+@pytest.fixture
+def fast_gw(sims, gateways):
+    return gateways(
+        [openai_endpoint(sims(), "sim", group="gpt-4o")],
+        limits={"rate_limit_rps": 100_000},
+    )
+
+
+def test_cli_send_file_shows_a_summary(fast_gw, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    lines = [json.dumps(f"plain prompt {i}") for i in range(8)]
+    lines += [json.dumps({"prompt": f"prompt object {i}"}) for i in range(8)]
+    lines += [json.dumps({"agent_id": "own-agent", "payload_text": "full message"})]
+    lines += ["{not json", "", json.dumps({"agent_id": "Bad Agent", "payload_text": "x"})]
+    prompts.write_text("\n".join(lines) + "\n")
+    results = tmp_path / "acks.jsonl"
+    out = run_cli(
+        fast_gw.url, "send", "--file", str(prompts), "--model", "gpt-4o", "--out", str(results)
+    )
+    # One line is not JSON, one message is refused: the exit status says so.
+    assert out.returncode == 1, out.stderr
+    assert "prompts.jsonl:18" in out.stderr
+    table = out.stdout
+    assert re.search(r"messages\s*│\s*19", table), table
+    assert re.search(r"success\s*│\s*17", table), table
+    assert re.search(r"invalid_line\s*│\s*1", table), table
+    assert re.search(r"rejected:invalid_agent_id\s*│\s*1", table), table
+    assert "endpoint sim" in table and "throughput" in table
+    acks = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [a["status"] for a in acks].count("success") == 17
+    assert [a["status"] for a in acks].count("rejected") == 1
+
+
+def test_cli_bench(fast_gw, sims):
+    out = run_cli(fast_gw.url, "bench", "--messages", "150", "--concurrency", "8")
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"messages\s*│\s*150", out.stdout), out.stdout
+    assert re.search(r"success\s*│\s*150", out.stdout), out.stdout
+    assert "latency P99" in out.stdout and "msgs/s" in out.stdout

@@ -69,9 +69,58 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _async_client(args: argparse.Namespace) -> Any:
+    from aimesh.client import AsyncAiMeshClient
+
+    key = args.api_key or os.environ.get("AIMESH_API_KEY") or os.environ.get("AIMESH_ADMIN_KEY")
+    return AsyncAiMeshClient(args.url, api_key=key or None, timeout=args.timeout)
+
+
+def cmd_send_file(args: argparse.Namespace) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from aimesh.cli_load import read_prompts, run_load, stderr_console
+
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"error: {path} is not a file", file=sys.stderr)
+        return 1
+    defaults: dict[str, Any] = {"agent_id": args.agent, "priority": args.priority}
+    if args.model:
+        defaults["metadata"] = {"model": args.model}
+    total = sum(1 for line in path.open("rb") if line.strip())
+    results = open(args.out, "w") if args.out else None  # noqa: SIM115 (closed below)
+
+    async def go() -> Any:
+        async with _async_client(args) as client:
+            return await run_load(
+                client,
+                read_prompts(path, defaults),
+                total=total,
+                concurrency=args.concurrency,
+                mode="async" if args.async_mode else "sync",
+                label=f"sending {path.name}",
+                console=stderr_console(),
+                results=results,
+            )
+
+    try:
+        summary = asyncio.run(go())
+    finally:
+        if results is not None:
+            results.close()
+    Console().print(summary.table(f"aimesh send --file {path.name}"))
+    return 0 if summary.ok else 1
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     from aimesh.models import AIMessage
 
+    if args.file:
+        return cmd_send_file(args)
     text = args.text if args.text is not None else sys.stdin.read()
     metadata = {"model": args.model} if args.model else {}
     msg = AIMessage(
@@ -90,6 +139,32 @@ def cmd_send(args: argparse.Namespace) -> int:
         del out["result"]
     _print(out)
     return 0 if ack.status.value in ("success", "received", "duplicate") else 1
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from rich.console import Console
+
+    from aimesh.cli_load import generated, run_load, stderr_console
+
+    async def go() -> Any:
+        async with _async_client(args) as client:
+            return await run_load(
+                client,
+                generated(args.messages, args.agent, args.model, args.payload_bytes),
+                total=args.messages,
+                concurrency=args.concurrency,
+                mode="async" if args.async_mode else "sync",
+                label="bench",
+                console=stderr_console(),
+            )
+
+    summary = asyncio.run(go())
+    Console().print(
+        summary.table(f"aimesh bench: {args.messages} messages, {args.concurrency} in flight")
+    )
+    return 0 if summary.ok else 1
 
 
 def cmd_route(args: argparse.Namespace) -> int:
@@ -181,8 +256,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--estimated-tokens", type=int, default=None)
     p.add_argument("--dedup-context", default=None)
     p.add_argument("--async", dest="async_mode", action="store_true", help="answer once on disk")
+    p.add_argument(
+        "--file",
+        help="JSON-lines file: one message per line (an AIMessage object, "
+        '{"prompt": ...} or a string); shows progress, then a summary table',
+    )
+    p.add_argument("--concurrency", type=int, default=16, help="with --file: in flight (16)")
+    p.add_argument("--out", help="with --file: write each acknowledgment to this JSON-lines file")
     client_opts(p)
     p.set_defaults(fn=cmd_send)
+
+    p = sub.add_parser("bench", help="load a server with generated messages; summary table")
+    p.add_argument("--messages", type=int, default=1000, help="how many (default 1000)")
+    p.add_argument("--concurrency", type=int, default=32, help="in flight (default 32)")
+    p.add_argument("--agent", default="bench-agent", help="agent id (default bench-agent)")
+    p.add_argument("--model", help="route group (metadata.model)")
+    p.add_argument("--payload-bytes", type=int, default=64, help="payload size (default 64)")
+    p.add_argument("--async", dest="async_mode", action="store_true", help="async mode")
+    client_opts(p)
+    p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("route", help="show where a message would be routed (dry run)")
     p.add_argument("text", nargs="?")
