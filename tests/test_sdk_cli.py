@@ -78,6 +78,26 @@ def test_readme_quic_example_runs_as_written(sims, tmp_path):
         gw.stop()
 
 
+def test_readme_openai_example_runs_as_written(sims, tmp_path):
+    """The README's OpenAI-client example: localhost:9000, model gpt-4o-mini."""
+    sim = sims()
+    gw = make_gateway(tmp_path, [openai_endpoint(sim, "sim", group="gpt-4o-mini")])
+    gw.port = 9000
+    gw.env["AIMESH_BIND_ADDR"] = "127.0.0.1:9000"
+    gw.start()
+    try:
+        blocks = [b for b in readme_blocks() if "from openai import OpenAI" in b]
+        assert blocks, "README has no OpenAI-client example"
+        for block in blocks:
+            out = subprocess.run(
+                [sys.executable, "-c", block], capture_output=True, text=True, timeout=60
+            )
+            assert out.returncode == 0, out.stderr
+            assert "Hello, AI!" in out.stdout  # the simulator echoes the prompt
+    finally:
+        gw.stop()
+
+
 def test_readme_embedded_example_runs_as_written():
     blocks = [b for b in readme_blocks() if "AiMesh(AiMeshConfig())" in b]
     assert blocks, "README has no embedded example"

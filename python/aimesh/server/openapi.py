@@ -335,6 +335,55 @@ def openapi_spec() -> dict[str, Any]:
             "/openapi.json": {
                 "get": {"summary": "This spec", "responses": {"200": {"description": "OK"}}}
             },
+            "/v1/chat/completions": {
+                "post": {
+                    "summary": "OpenAI-compatible chat completion; `model` names a route group",
+                    "description": (
+                        "The body is an OpenAI chat-completions request. Agent: header "
+                        "`X-AiMesh-Agent`, else `user`, else `default`. With `stream: true` the "
+                        "answer is Server-Sent Events. Errors use OpenAI's shape with AiMesh's "
+                        "code in `error.code`."
+                    ),
+                    "security": [{"bearerAuth": []}, {}],
+                    "requestBody": {
+                        "required": True,
+                        **_json(
+                            {
+                                "type": "object",
+                                "required": ["model", "messages"],
+                                "properties": {
+                                    "model": {"type": "string"},
+                                    "messages": {"type": "array", "minItems": 1},
+                                    "stream": {"type": "boolean"},
+                                    "max_tokens": {"type": "integer", "minimum": 1},
+                                    "user": {"type": "string"},
+                                },
+                            }
+                        ),
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "The upstream's completion (JSON or event stream)",
+                            "content": {
+                                "application/json": {"schema": {"type": "object"}},
+                                "text/event-stream": {"schema": {"type": "string"}},
+                            },
+                        },
+                        "400": {"description": "Invalid request"},
+                        "402": {"description": "Budget exceeded"},
+                        "404": {"description": "Unknown model (route group)"},
+                        "429": {"description": "Rate limited (Retry-After)"},
+                        "502": {"description": "Every endpoint of the chain failed"},
+                    },
+                }
+            },
+            "/v1/models": {
+                "get": {
+                    "summary": "Route groups, as OpenAI models",
+                    "security": [{"bearerAuth": []}, {}],
+                    "responses": {"200": {"description": "OK"}},
+                }
+            },
         },
     }
 
