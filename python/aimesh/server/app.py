@@ -353,9 +353,11 @@ def create_app(
             for service in reversed(started):
                 await service.stop()
 
+    from aimesh.server.dashboard import dashboard_routes  # imports this module
     from aimesh.server.openai_api import OpenAIFrontDoor  # imports this module
 
     routes += OpenAIFrontDoor(api).routes()
+    routes += dashboard_routes(api)
     app = Starlette(
         routes=routes,
         exception_handlers={404: not_found, 405: not_allowed},

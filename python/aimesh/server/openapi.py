@@ -377,6 +377,17 @@ def openapi_spec() -> dict[str, Any]:
                     },
                 }
             },
+            "/dashboard/state": {
+                "get": {
+                    "summary": "Live snapshot for the dashboard page (/dashboard) — admin",
+                    "security": admin,
+                    "responses": {
+                        "200": {"description": "OK"},
+                        "401": _err("Missing or invalid admin key"),
+                        "403": _err("Admin surface disabled on a public address without a key"),
+                    },
+                }
+            },
             "/v1/models": {
                 "get": {
                     "summary": "Route groups, as OpenAI models",
