@@ -398,3 +398,33 @@ async def test_async_sdk_over_quic_maps_errors(sim: Sim, tmp_path: Path) -> None
             assert err.value.retry_after and err.value.retry_after > 0
     finally:
         g.stop()
+
+
+async def test_protobuf_cannot_bypass_field_limits(gw: Gateway) -> None:
+    """The JSON form caps metadata entries and dependencies; the protobuf
+    form (single frames and batches) is held to the same caps."""
+    big_meta = _native.encode_message(
+        agent_id="quic-agent",
+        payload=b"x",
+        metadata={f"k{i}": "v" for i in range(65)},
+    )
+    many_deps = _native.encode_message(
+        agent_id="quic-agent", payload=b"y", dependencies=[f"d{i}" for i in range(257)]
+    )
+    fine = msg(1).to_protobuf()
+    async with raw_connection(gw.quic_port) as conn:
+        sid = conn.open()
+        conn.write(sid, encode_hello() + framed(big_meta, fine), end=True)
+        r = await conn.result(sid)
+        first, second = acks_of(bytes(r.data))
+        assert first.status is AckStatus.REJECTED and first.error_code == "invalid_metadata"
+        assert second.status is AckStatus.SUCCESS
+
+        sid = conn.open()
+        batch = _native.encode_batch([many_deps, msg(2).to_protobuf()])
+        conn.write(sid, encode_hello(batches=True) + _native.frame(batch), end=True)
+        r = await conn.result(sid)
+        (answer,) = _native.split_frames(bytes(r.data))
+        acks = pb.acks_from_protobuf(bytes(answer))
+        assert [a.error_code for a in acks] == ["invalid_dependencies", ""]
+        assert acks[1].status is AckStatus.SUCCESS

@@ -457,7 +457,17 @@ class AiMesh:
         admitted: list[tuple[int, AIMessage]] = []
         for i, view in enumerate(batch):
             reason = reasons[i]
-            msg = AIMessage.from_view(view)
+            try:
+                msg = AIMessage.from_view(view)
+            except AiMeshError as e:  # a field over its size limit
+                self.metrics.rejected(e.code)
+                acks[i] = Acknowledgment(
+                    original_message_id=view.message_id[:256],
+                    status=AckStatus.REJECTED,
+                    error=e.message,
+                    error_code=e.code,
+                )
+                continue
             # Busy endpoints are not a reason to refuse: the queue waits
             # for capacity. Every other code is final.
             if reason == 0 or codes[reason] == "no_endpoint_available":

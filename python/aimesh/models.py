@@ -213,7 +213,21 @@ class AIMessage:
     @classmethod
     def from_view(cls, view: _native.MessageView) -> AIMessage:
         """From a natively decoded view (defaults applied: a new message_id
-        when empty, priority 50 when absent)."""
+        when empty, priority 50 when absent). The size limits of the JSON
+        form apply too (``ValidationError``): protobuf must not be a way
+        around them."""
+        texts = {
+            "message_id": view.message_id,
+            "task_graph_id": view.task_graph_id,
+            "dedup_context": view.dedup_context,
+            "trace_id": view.trace_id,
+            "dependencies": view.dependencies,
+            "metadata": view.metadata,
+        }
+        for name in ("message_id", "task_graph_id", "dedup_context", "trace_id"):
+            _str(texts, name)
+        _str_list(texts, "dependencies", MAX_DEPENDENCIES)
+        _str_map(texts, "metadata")
         return cls(
             agent_id=view.agent_id,
             payload=bytes(view.payload),

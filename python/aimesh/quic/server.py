@@ -236,7 +236,7 @@ class MeshQuicProtocol(QuicConnectionProtocol):
             else:
                 msg = AIMessage.from_view(frame.message())
                 coro = _encode_one(mesh.handle(msg, async_mode=st.async_mode))
-        except FrameError as e:
+        except AiMeshError as e:  # malformed protobuf or a field over its limit
             fut = loop.create_future()
             ack = _refused("", e)
             fut.set_result(acks_frame([ack]) if st.batches else ack_frame(ack))
@@ -263,7 +263,7 @@ class MeshQuicProtocol(QuicConnectionProtocol):
             return fut
         try:
             group.append((fut, AIMessage.from_view(frame.message())))
-        except FrameError as e:
+        except AiMeshError as e:
             fut.set_result(ack_frame(_refused("", e)))
         return fut
 
