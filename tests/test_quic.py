@@ -428,3 +428,24 @@ async def test_protobuf_cannot_bypass_field_limits(gw: Gateway) -> None:
         acks = pb.acks_from_protobuf(bytes(answer))
         assert [a.error_code for a in acks] == ["invalid_dependencies", ""]
         assert acks[1].status is AckStatus.SUCCESS
+
+
+def test_idle_connections_are_closed(sim: Sim, tmp_path: Path) -> None:
+    g = make_gateway(
+        tmp_path,
+        [{"endpoint_id": "sim", "url": sim.url, "kind": "openai"}],
+        limits={"quic_idle_timeout_s": 1.0},
+    ).start()
+
+    async def scenario() -> None:
+        async with raw_connection(g.quic_port) as conn:
+            for _ in range(60):  # bounded: 3 s at most
+                if conn.closed_code is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert conn.closed_code is not None, "the idle connection is still open"
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        g.stop()
