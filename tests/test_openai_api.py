@@ -216,3 +216,42 @@ def test_rate_limit_and_keys(tmp_path: Path) -> None:
     finally:
         g.stop()
         sim.stop()
+
+
+def test_a_stream_broken_after_its_first_event_does_not_fall_back(tmp_path: Path) -> None:
+    breaking = start_sim("--stream-chunks", "6")
+    spare = start_sim()
+    httpx.post(f"{breaking.url}/_sim/config", json={"stream_break_after": 2})
+    g = make_gateway(
+        tmp_path,
+        [
+            openai_endpoint(breaking, "breaking", group="m", cost_per_1k_tokens=0.1),
+            openai_endpoint(spare, "spare", group="m", cost_per_1k_tokens=5.0),
+        ],
+        budgets=[{"agent_id": "streamer", "tokens": 10_000}],
+    ).start()
+    try:
+        body = {"model": "m", "messages": ask(), "stream": True}
+        with httpx.stream(
+            "POST",
+            f"{g.url}/v1/chat/completions",
+            json=body,
+            headers={"x-aimesh-agent": "streamer"},
+            timeout=10,
+        ) as r:
+            assert r.status_code == 200
+            events = [line for line in r.iter_lines() if line.startswith("data: ")]
+        # role + two content events were relayed, then the error event.
+        assert len(events) == 4, events
+        assert '"error"' in events[-1]
+        assert "[DONE]" not in "".join(events)
+        # Too late to fall back: the spare endpoint was never called, and
+        # the tokens already streamed were charged.
+        assert httpx.get(f"{spare.url}/_sim/stats").json()["requests"] == 0
+        state = budget(g, "streamer")
+        assert state["reserved_tokens"] == 0
+        assert state["initial_tokens"] > state["remaining_tokens"]
+    finally:
+        g.stop()
+        breaking.stop()
+        spare.stop()

@@ -39,6 +39,9 @@ class SimConfig:
     model: str = "aimesh-sim"
     stream_chunks: int = 4
     chunk_delay_ms: float = 5.0
+    # Cut a streamed answer after this many content events (0 = never):
+    # a stream that breaks after its first byte.
+    stream_break_after: int = 0
     seed: int | None = None
 
     def update(self, changes: dict[str, Any]) -> None:
@@ -258,7 +261,10 @@ class SimulatorApp:
                 "more_body": True,
             }
         )
-        for piece in pieces:
+        for i, piece in enumerate(pieces):
+            if cfg.stream_break_after and i >= cfg.stream_break_after:
+                # Abort the response mid-body: the client sees a broken stream.
+                raise SimulatedStreamBreak(f"stream cut after {i} events")
             await asyncio.sleep(cfg.chunk_delay_ms / 1000)
             await send(
                 {
@@ -364,6 +370,10 @@ async def _json(
 
 
 # -- CLI ----------------------------------------------------------------------
+
+
+class SimulatedStreamBreak(Exception):
+    """Raised inside a streamed answer to cut the connection on purpose."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
