@@ -32,6 +32,21 @@ def readme_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
+def run_readme_blocks(marker: str, cwd: Path | None = None) -> list[str]:
+    """Run every README Python block containing ``marker`` as written;
+    answer their outputs (each must exit 0)."""
+    blocks = [b for b in readme_blocks() if marker in b]
+    assert blocks, f"README has no example with {marker!r}"
+    outputs = []
+    for block in blocks:
+        out = subprocess.run(
+            [sys.executable, "-c", block], capture_output=True, text=True, timeout=60, cwd=cwd
+        )
+        assert out.returncode == 0, out.stderr
+        outputs.append(out.stdout)
+    return outputs
+
+
 def test_readme_sdk_example_runs_as_written(sims, tmp_path):
     """The README's SDK example hard-codes localhost:9000: run a gateway there."""
     sim = sims()
@@ -40,14 +55,8 @@ def test_readme_sdk_example_runs_as_written(sims, tmp_path):
     gw.env["AIMESH_BIND_ADDR"] = "127.0.0.1:9000"
     gw.start()
     try:
-        blocks = [b for b in readme_blocks() if "AiMeshClient(" in b]
-        assert blocks, "README has no SDK example"
-        for block in blocks:
-            out = subprocess.run(
-                [sys.executable, "-c", block], capture_output=True, text=True, timeout=60
-            )
-            assert out.returncode == 0, out.stderr
-            assert "Processed in" in out.stdout
+        for stdout in run_readme_blocks("AiMeshClient("):
+            assert "Processed in" in stdout
     finally:
         gw.stop()
 
@@ -62,18 +71,8 @@ def test_readme_quic_example_runs_as_written(sims, tmp_path):
     gw.env["AIMESH_QUIC_ADDR"] = "127.0.0.1:9001"
     gw.start()
     try:
-        blocks = [b for b in readme_blocks() if "QuicClient(" in b]
-        assert blocks, "README has no QUIC example"
-        for block in blocks:
-            out = subprocess.run(
-                [sys.executable, "-c", block],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                cwd=tmp_path,
-            )
-            assert out.returncode == 0, out.stderr
-            assert out.stdout.strip() == "['success', 'success', 'success']"
+        for stdout in run_readme_blocks("QuicClient(", cwd=tmp_path):
+            assert stdout.strip() == "['success', 'success', 'success']"
     finally:
         gw.stop()
 
@@ -86,27 +85,15 @@ def test_readme_openai_example_runs_as_written(sims, tmp_path):
     gw.env["AIMESH_BIND_ADDR"] = "127.0.0.1:9000"
     gw.start()
     try:
-        blocks = [b for b in readme_blocks() if "from openai import OpenAI" in b]
-        assert blocks, "README has no OpenAI-client example"
-        for block in blocks:
-            out = subprocess.run(
-                [sys.executable, "-c", block], capture_output=True, text=True, timeout=60
-            )
-            assert out.returncode == 0, out.stderr
-            assert "Hello, AI!" in out.stdout  # the simulator echoes the prompt
+        for stdout in run_readme_blocks("from openai import OpenAI"):
+            assert "Hello, AI!" in stdout  # the simulator echoes the prompt
     finally:
         gw.stop()
 
 
 def test_readme_embedded_example_runs_as_written():
-    blocks = [b for b in readme_blocks() if "AiMesh(AiMeshConfig())" in b]
-    assert blocks, "README has no embedded example"
-    for block in blocks:
-        out = subprocess.run(
-            [sys.executable, "-c", block], capture_output=True, text=True, timeout=60
-        )
-        assert out.returncode == 0, out.stderr
-        assert "gpt-4" in out.stdout
+    for stdout in run_readme_blocks("AiMesh(AiMeshConfig())"):
+        assert "gpt-4" in stdout
 
 
 @pytest.fixture

@@ -267,18 +267,19 @@ def _bearer(request: Request) -> str | None:
     return token.strip()
 
 
-def _wrap(handler: Handler) -> Handler:
-    """Turn AiMesh errors into JSON error responses; anything unexpected is
-    logged and answered 500 without internals."""
+def _wrap(handler: Handler, render: Callable[[AiMeshError], Response] = error_response) -> Handler:
+    """Turn AiMesh errors into error responses (``render``: AiMesh's JSON
+    shape by default); anything unexpected is logged and answered 500
+    without internals."""
 
     async def endpoint(request: Request) -> Response:
         try:
             return await handler(request)
         except AiMeshError as e:
-            return error_response(e)
+            return render(e)
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.url.path)
-            return error_response(AiMeshError("internal_error", "internal server error"))
+            return render(AiMeshError("internal_error", "internal server error"))
 
     return endpoint
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -26,7 +26,7 @@ from starlette.routing import Route
 from aimesh.endpoints import ClientGone
 from aimesh.errors import AiMeshError, NotFoundError, ValidationError
 from aimesh.models import Acknowledgment, AckStatus, AIMessage, estimate_tokens
-from aimesh.server.app import HttpApi, _bearer, parse_json, read_body
+from aimesh.server.app import HttpApi, _bearer, _wrap, parse_json, read_body
 from aimesh.tracing import new_trace_id, trace_id_from
 
 log = logging.getLogger("aimesh.server")
@@ -50,8 +50,8 @@ class OpenAIFrontDoor:
 
     def routes(self) -> list[Route]:
         return [
-            Route("/v1/chat/completions", _openai_errors(self.chat), methods=["POST"]),
-            Route("/v1/models", _openai_errors(self.models), methods=["GET"]),
+            Route("/v1/chat/completions", _wrap(self.chat, _error_response), methods=["POST"]),
+            Route("/v1/models", _wrap(self.models, _error_response), methods=["GET"]),
         ]
 
     async def models(self, request: Request) -> Response:
@@ -200,21 +200,3 @@ def _error_response(err: AiMeshError, headers: dict[str, str] | None = None) -> 
     if err.retry_after is not None:
         headers["retry-after"] = str(max(1, int(-(-err.retry_after // 1))))
     return Response(orjson.dumps(body), status_code=err.status, media_type=_JSON, headers=headers)
-
-
-def _openai_errors(
-    handler: Callable[[Request], Awaitable[Response]],
-) -> Callable[[Request], Awaitable[Response]]:
-    """AiMesh errors in OpenAI's error shape; anything unexpected is logged
-    and answered 500 without internals."""
-
-    async def endpoint(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except AiMeshError as e:
-            return _error_response(e)
-        except Exception:
-            log.exception("unhandled error on %s %s", request.method, request.url.path)
-            return _error_response(AiMeshError("internal_error", "internal server error"))
-
-    return endpoint
