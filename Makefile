@@ -10,7 +10,7 @@ help:
 	@echo "make run    - install, build and run the gateway with examples/aimesh.toml (offline simulators)"
 	@echo "make test   - install, build, lint and run every test suite"
 	@echo "make bench  - run the benchmarks, print a table, write bench-results/results.json"
-	@echo "make fuzz   - ten minutes of atheris on the frame decoders"
+	@echo "make fuzz   - atheris: ten minutes on the frame decoders, ten on the HTTP entry points"
 	@echo "make lint   - cargo fmt --check, clippy, ruff, mypy, generated-code check"
 	@echo "make fmt    - format Rust and Python"
 
@@ -64,6 +64,7 @@ bench: install
 fuzz: install
 	mkdir -p .fuzz-corpus && cp proto/testdata/*.bin .fuzz-corpus/
 	$(BIN)/python fuzz/fuzz_frames.py -max_total_time=600 -max_len=65536 .fuzz-corpus
+	$(BIN)/python fuzz/fuzz_http.py -write_seeds=.fuzz-corpus/http && $(BIN)/python fuzz/fuzz_http.py -max_total_time=600 -max_len=65536 .fuzz-corpus/http
 
 proto: $(VENV)/.deps
 	$(BIN)/python scripts/gen_proto.py

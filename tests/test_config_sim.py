@@ -38,6 +38,15 @@ tokens = 10
     assert AiMeshConfig.load(env={}).bind_addr == "0.0.0.0:9000"
 
 
+def test_header_timeout_from_file_and_environment(tmp_path):
+    f = tmp_path / "a.toml"
+    f.write_text("[server]\nheader_timeout_s = 2.5\n")
+    assert AiMeshConfig.load(env={}).header_timeout_s == 10.0
+    assert AiMeshConfig.load(f, env={}).header_timeout_s == 2.5
+    env = {"AIMESH_HEADER_TIMEOUT_S": "1.5"}
+    assert AiMeshConfig.load(f, env=env).header_timeout_s == 1.5
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -47,6 +56,7 @@ tokens = 10
         "not toml at all [",
         "[limits]\nrate_limit_rps = 0",
         "[[budgets]]\nagent = 'a'",
+        "[server]\nheader_timeout_s = 0",
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path, text):

@@ -10,12 +10,14 @@ import orjson
 import pytest
 
 from aimesh import _native
+from aimesh.config import AiMeshConfig
 from aimesh.endpoints import DeliveryRequest
-from aimesh.endpoints.adapters import chat_body, chat_url
+from aimesh.endpoints.adapters import chat_body, chat_url, header_value
 from aimesh.endpoints.breaker import CircuitBreaker
 from aimesh.endpoints.delivery import Deliverer
 from aimesh.errors import UpstreamError
-from aimesh.models import EndpointMetrics
+from aimesh.mesh import AiMesh
+from aimesh.models import AckStatus, AIMessage, EndpointMetrics
 
 
 def setup(*endpoints: EndpointMetrics, **kw) -> Deliverer:
@@ -187,3 +189,46 @@ async def test_active_health_checks_mark_endpoints(sims):
         assert d.router.route().target_endpoint == "up"
     finally:
         await d.aclose()
+
+
+def test_client_ids_become_safe_header_values():
+    assert header_value("01a2-b3") == "01a2-b3"  # plain ids go as they are
+    assert header_value("m\r\nX-Injected: 1") == "m%0D%0AX-Injected%3A%201"
+    assert header_value("id-\u00e9") == "id-%C3%A9"
+    assert header_value("\x07") == "%07"
+
+
+async def test_ids_with_control_characters_reach_the_upstream(sims):
+    """Regression: such ids made aiohttp refuse the request (ValueError, not
+    an upstream failure) and the delivery died."""
+    sim = sims("--latency-ms", "1")
+    d = setup(EndpointMetrics("s", url=sim.url, group="gpt-4o"))
+    try:
+        request = DeliveryRequest(
+            payload=b"hi", message_id="m\r\nX-Injected: 1", trace_id="\x07trace"
+        )
+        res = await d.deliver(request, d.router.route())
+        assert res.endpoint_id == "s"
+    finally:
+        await d.aclose()
+    assert sim.stats()["unique_message_ids"] == 1
+
+
+async def test_a_bug_in_delivery_is_a_failed_ack_not_a_cancellation(tmp_path, monkeypatch):
+    """An unexpected exception in delivery gives the message a final
+    ``internal_error`` ack (it used to be reported as ``cancelled``, with the
+    exception left in a task nobody awaited)."""
+    cfg = AiMeshConfig(data_dir=str(tmp_path), quic_addr="off")
+    cfg.endpoints.append(EndpointMetrics("e", url="http://127.0.0.1:9", group="g"))
+    mesh = AiMesh(cfg)
+    await mesh.start()
+    try:
+
+        async def broken(*args, **kw):
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(mesh.deliverer, "deliver", broken)
+        ack = await mesh.process_message(AIMessage(agent_id="a", payload=b"x"))
+        assert (ack.status, ack.error_code) == (AckStatus.FAILED, "internal_error")
+    finally:
+        await mesh.close()

@@ -40,6 +40,13 @@ INVALID = [
     ),
     ({"agent_id": 7, "payload_text": "x"}, 400, "invalid_agent_id"),
     ([1, 2], 400, "invalid_body"),
+    # Regressions found by schemathesis: only null means "absent"; a value of
+    # the wrong type is refused even when it is falsy, or when another field
+    # would have made it unused.
+    ({"agent_id": "a", "payload_text": "x", "metadata": False}, 400, "invalid_metadata"),
+    ({"agent_id": "a", "payload_text": "x", "dependencies": 0}, 400, "invalid_dependencies"),
+    ({"agent_id": "a", "payload": "61", "payload_text": {}}, 400, "invalid_payload_text"),
+    ({"agent_id": "a", "payload_text": "x", "priority": 2**63}, 400, "invalid_priority"),
 ]
 
 
@@ -164,6 +171,49 @@ def test_endpoints_api(gw, sims):
         assert c.delete(f"/endpoints/{extra.url}").status_code == 204
         assert c.get(f"/endpoints/{extra.url}").status_code == 404
         assert c.delete("/endpoints/missing").status_code == 404
+
+
+def test_budget_and_endpoint_numbers_are_bounded(gw):
+    """Regressions: integers past what storage and the router hold were a
+    503 (storage error, which also failed the next unrelated write) or a 500
+    (after the endpoint was already persisted); they are a 400 now, and
+    integral floats count as integers as they do in messages."""
+    with gw.client() as c:
+        for body, code in [
+            ({"agent_id": "b", "tokens": 2**63}, "invalid_tokens"),
+            ({"agent_id": "b", "tokens": 2**64 - 1}, "invalid_tokens"),
+            ({"agent_id": "b", "tokens": 1, "reset_at": 2**63}, "invalid_reset_at"),
+            ({"agent_id": "b", "tokens": 1, "reset_at": 1, "period_s": 2**62}, "invalid_period_s"),
+            ({"agent_id": "b", "tokens": 1.5}, "invalid_tokens"),
+            ({"agent_id": "b"}, "invalid_tokens"),
+        ]:
+            r = c.post("/budgets", json=body)
+            assert (r.status_code, r.json()["error"]["code"]) == (400, code), (body, r.text)
+        r = c.post("/budgets", json={"agent_id": "b", "tokens": 10.0, "period_s": 60.0})
+        assert r.status_code == 201 and r.json()["initial_tokens"] == 10
+        for field in ("capacity", "current_load"):
+            r = c.post("/endpoints", json={"endpoint_id": "big", field: 2**32})
+            assert (r.status_code, r.json()["error"]["code"]) == (400, f"invalid_{field}")
+        assert c.get("/endpoints/big").status_code == 404  # nothing half-registered
+        r = c.post("/endpoints", json={"endpoint_id": "big", "capacity": 2**32 - 1})
+        assert r.status_code == 201
+        assert c.delete("/endpoints/big").status_code == 204
+
+
+def test_ids_with_control_characters_are_delivered(gw):
+    """Regression: a message_id or trace_id with control characters went
+    into the upstream request's headers as they were; aiohttp refused them
+    (header injection guard) and the delivery died as "cancelled". They are
+    percent-encoded on the way out now."""
+    with gw.client() as c:
+        for extra in (
+            {"trace_id": "t\r\nX-Injected: 1"},
+            {"message_id": "m\r\nX-Injected: 1"},
+            {"message_id": "id-\u00e9\u4e2d\u0007"},
+        ):
+            body = {"agent_id": "ids", "payload_text": f"ids {extra}", **extra}
+            r = c.post("/messages", json=body)
+            assert r.status_code == 200 and r.json()["status"] == "success", r.text
 
 
 def test_admin_key_guards_changes(sims, gateways):

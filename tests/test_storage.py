@@ -142,6 +142,33 @@ async def test_dedup_and_endpoints(tmp_path):
     await s.close()
 
 
+async def test_an_operation_failing_outside_sqlite_leaves_the_next_ones_alone(tmp_path):
+    """Regression: an operation raising something other than an sqlite3 or
+    AiMesh error (here SQLite refusing to bind a >64-bit integer) used to
+    leave its transaction open, so the next group failed with "cannot start
+    a transaction within a transaction" (a 503 for unrelated callers)."""
+    s = await opened(tmp_path)
+
+    def too_big(c):
+        c.execute("UPDATE budgets SET used = ? WHERE agent_id = 'x'", (1 << 64,))
+
+    with pytest.raises(OverflowError):
+        await s._call(too_big)
+    await s.set_budget("a", 100, None)  # the next group
+    # In the same group as good operations: only the bad one fails, the
+    # others are committed.
+    results = await asyncio.gather(
+        s.set_budget("b", 1, None),
+        s._call(too_big),
+        s.set_budget("c", 2, None),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], OverflowError)
+    assert (await s.get_budget("b")).initial_tokens == 1
+    assert (await s.get_budget("c")).initial_tokens == 2
+    await s.close()
+
+
 async def test_one_process_owns_a_data_dir(tmp_path):
     s = await opened(tmp_path)
     with pytest.raises(ServiceUnavailableError) as e:

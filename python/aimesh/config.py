@@ -53,6 +53,8 @@ class AiMeshConfig:
     data_dir: str = ".aimesh-data"
     redis_url: str = ""
     admin_key: str = ""
+    # HTTP: a request's line and headers must arrive within this (slowloris)
+    header_timeout_s: float = 10.0
     # QUIC transport ("off" in quic_addr disables it)
     tls_cert: str = ""  # empty: a self-signed one is made in data_dir
     tls_key: str = ""
@@ -162,6 +164,8 @@ class AiMeshConfig:
             raise ValidationError("invalid_config", "routing weights must be >= 0")
         if min(self.quic_max_streams, self.quic_max_connections_per_peer) <= 0:
             raise ValidationError("invalid_config", "QUIC stream and connection limits must be > 0")
+        if self.header_timeout_s <= 0:
+            raise ValidationError("invalid_config", "header_timeout_s must be > 0")
         if self.quic_max_pending_per_stream <= 0 or self.quic_idle_timeout_s <= 0:
             raise ValidationError("invalid_config", "QUIC pending and idle limits must be > 0")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -177,6 +181,7 @@ _SCALARS: dict[str, type] = {
     "data_dir": str,
     "redis_url": str,
     "admin_key": str,
+    "header_timeout_s": float,
     "tls_cert": str,
     "tls_key": str,
     "quic_idle_timeout_s": float,
@@ -213,6 +218,7 @@ _ENV: dict[str, str] = {
     "AIMESH_DATA_DIR": "data_dir",
     "AIMESH_REDIS_URL": "redis_url",
     "AIMESH_ADMIN_KEY": "admin_key",
+    "AIMESH_HEADER_TIMEOUT_S": "header_timeout_s",
     "AIMESH_TLS_CERT": "tls_cert",
     "AIMESH_TLS_KEY": "tls_key",
     "AIMESH_RATE_LIMIT_RPS": "rate_limit_rps",

@@ -42,6 +42,8 @@ from aimesh.errors import (
 from aimesh.logs import log_message
 from aimesh.metrics import MeshMetrics
 from aimesh.models import (
+    MAX_INT64,
+    MAX_PERIOD_S,
     Acknowledgment,
     AckStatus,
     AIMessage,
@@ -253,8 +255,16 @@ class AiMesh:
         self, agent_id: str, tokens: int, reset_at: int | None = None, period_s: int | None = None
     ) -> BudgetInfo:
         _native.validate_fields(agent_id, 1)
-        if tokens < 0:
-            raise AiMeshError("invalid_tokens", "tokens must be >= 0")
+        # Bounded before storage: SQLite refuses integers past 64 bits, which
+        # would surface as a 503 storage error instead of the caller's 400.
+        if not 0 <= tokens <= MAX_INT64:
+            raise ValidationError("invalid_tokens", "tokens must be between 0 and 2^63-1")
+        if reset_at is not None and not 0 <= reset_at <= MAX_INT64:
+            raise ValidationError("invalid_reset_at", "reset_at must be between 0 and 2^63-1")
+        if period_s is not None and not 0 <= period_s <= MAX_PERIOD_S:
+            raise ValidationError(
+                "invalid_period_s", f"period_s must be between 0 and {MAX_PERIOD_S}"
+            )
         return self._cache_budget(
             await self.storage.set_budget(agent_id, tokens, reset_at, period_s)
         )
@@ -711,6 +721,18 @@ class AiMesh:
                 error=e.message,
                 error_code=e.code,
                 endpoint_id=str(e.details.get("endpoint_id", "")),
+                trace_id=msg.trace_id,
+            )
+        except Exception:
+            # A bug, not an upstream failure: the message still gets a final
+            # ack (not "cancelled"), and the error is logged once, here.
+            log.exception("delivery of message %s failed", msg.message_id)
+            ack = Acknowledgment(
+                original_message_id=msg.message_id,
+                status=AckStatus.FAILED,
+                processing_latency_ms=(time.perf_counter() - job.started) * 1000,
+                error="internal error during delivery",
+                error_code="internal_error",
                 trace_id=msg.trace_id,
             )
         finally:

@@ -24,6 +24,12 @@ MAX_METADATA_ENTRIES = 64
 MAX_DEPENDENCIES = 256
 MAX_STRING_FIELD = 256
 MAX_METADATA_VALUE = 4096
+#: Capacity and load are unsigned 32-bit in the native router.
+MAX_U32 = (1 << 32) - 1
+#: Largest integer field (SQLite INTEGER and the native core are 64-bit).
+MAX_INT64 = (1 << 63) - 1
+#: Longest budget period: the next reset (now + period) stays a 64-bit integer.
+MAX_PERIOD_S = 1 << 40
 
 
 def uuid7() -> str:
@@ -79,7 +85,9 @@ def _fail(code: str, message: str) -> ValidationError:
     return ValidationError(code, message)
 
 
-def _opt_int(d: Mapping[str, Any], name: str, *, minimum: int | None = None) -> int | None:
+def _opt_int(
+    d: Mapping[str, Any], name: str, *, minimum: int | None = None, maximum: int | None = None
+) -> int | None:
     v = d.get(name)
     if v is None:
         return None
@@ -90,7 +98,7 @@ def _opt_int(d: Mapping[str, Any], name: str, *, minimum: int | None = None) -> 
             raise _fail(f"invalid_{name}", f"{name} must be an integer")
     if minimum is not None and v < minimum:
         raise _fail(f"invalid_{name}", f"{name} must be >= {minimum}")
-    if v >= 1 << 63:
+    if v > MAX_INT64 or (maximum is not None and v > maximum):
         raise _fail(f"invalid_{name}", f"{name} is too large")
     return int(v)
 
@@ -116,7 +124,10 @@ def _float(d: Mapping[str, Any], name: str, default: float = 0.0) -> float:
 
 
 def _str_list(d: Mapping[str, Any], name: str, limit: int) -> list[str]:
-    v = d.get(name) or []
+    # Only null means absent: `false`, `0` or `""` are the wrong type (400).
+    v = d.get(name)
+    if v is None:
+        return []
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
         raise _fail(f"invalid_{name}", f"{name} must be a list of strings")
     if len(v) > limit:
@@ -127,7 +138,9 @@ def _str_list(d: Mapping[str, Any], name: str, limit: int) -> list[str]:
 
 
 def _str_map(d: Mapping[str, Any], name: str) -> dict[str, str]:
-    v = d.get(name) or {}
+    v = d.get(name)
+    if v is None:
+        return {}
     if not isinstance(v, dict) or not all(
         isinstance(k, str) and isinstance(x, str) for k, x in v.items()
     ):
@@ -280,13 +293,15 @@ class AIMessage:
         agent_id = d.get("agent_id")
         if not isinstance(agent_id, str):
             raise _fail("invalid_agent_id", "agent_id is required and must be a string")
+        # payload_text is checked even when payload wins: a wrong field is a
+        # 400 wherever it is, not silently ignored.
+        text = d.get("payload_text")
+        if text is not None and not isinstance(text, str):
+            raise _fail("invalid_payload_text", "payload_text must be a string")
         payload = _hex(d, "payload")
         if payload is None:
-            text = d.get("payload_text")
             if text is None:
                 raise _fail("payload_required", "payload (hex) or payload_text is required")
-            if not isinstance(text, str):
-                raise _fail("invalid_payload_text", "payload_text must be a string")
             payload = text.encode()
         priority = _opt_int(d, "priority")
         message_id = _str(d, "message_id")
@@ -435,8 +450,10 @@ class EndpointMetrics:
         endpoint_id = _str(d, "endpoint_id", limit=2048)
         if not endpoint_id:
             raise _fail("invalid_endpoint_id", "endpoint_id is required")
-        capacity = _opt_int(d, "capacity", minimum=1)
-        current_load = _opt_int(d, "current_load", minimum=0)
+        # Bounded here: the router would raise OverflowError (a 500) after
+        # the endpoint was already persisted.
+        capacity = _opt_int(d, "capacity", minimum=1, maximum=MAX_U32)
+        current_load = _opt_int(d, "current_load", minimum=0, maximum=MAX_U32)
         cost = _float(d, "cost_per_1k_tokens")
         latency = _float(d, "latency_p99_ms")
         error_rate = _float(d, "error_rate")
@@ -473,6 +490,24 @@ class EndpointMetrics:
 
 #: Upstream adapter kinds.
 ENDPOINT_KINDS = frozenset({"openai", "http"})
+
+
+def parse_budget_request(d: Any) -> tuple[str, int, int | None, int | None]:
+    """``(agent_id, tokens, reset_at, period_s)`` of a ``POST /budgets`` body,
+    strictly: integers as in a message (``5.0`` is 5), non-negative, at most
+    64-bit; ``ValidationError`` otherwise (the agent id is checked by the
+    Mesh)."""
+    if not isinstance(d, dict):
+        raise _fail("invalid_body", "a budget must be a JSON object")
+    agent_id = d.get("agent_id")
+    if not isinstance(agent_id, str):
+        raise _fail("invalid_agent_id", "agent_id is required")
+    tokens = _opt_int(d, "tokens", minimum=0)
+    if tokens is None:
+        raise _fail("invalid_tokens", "tokens is required")
+    reset_at = _opt_int(d, "reset_at", minimum=0)
+    period_s = _opt_int(d, "period_s", minimum=0, maximum=MAX_PERIOD_S)
+    return agent_id, tokens, reset_at, period_s
 
 
 @dataclass(slots=True)

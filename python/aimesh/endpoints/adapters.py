@@ -7,6 +7,7 @@ import asyncio
 import os
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -62,14 +63,23 @@ def _headers(endpoint: EndpointMetrics, request: DeliveryRequest, ctype: str) ->
     """Headers of an upstream request: content type, the key (if any), the
     message id (an idempotency hint for upstreams) and the trace id."""
     headers = {"content-type": ctype, **_auth_headers(endpoint)}
-    headers["x-aimesh-message-id"] = request.message_id
+    headers["x-aimesh-message-id"] = header_value(request.message_id)
     if request.trace_id:
-        headers["x-aimesh-trace-id"] = request.trace_id
+        headers["x-aimesh-trace-id"] = header_value(request.trace_id)
         parent = child_traceparent(request.trace_id)
         if parent:
             headers["traceparent"] = parent
     headers.update(request.headers)
     return headers
+
+
+def header_value(value: str) -> str:
+    """A client-chosen id as an HTTP header value: as it is when it is plain
+    visible ASCII, else percent-encoded (UTF-8), so that no id can inject a
+    header or make the upstream request fail."""
+    if value.isascii() and value.isprintable():
+        return value
+    return quote(value, safe="")
 
 
 async def _post(

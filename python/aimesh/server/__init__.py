@@ -21,6 +21,7 @@ from aimesh import telemetry
 from aimesh.config import AiMeshConfig, SimulatorConfig, is_loopback, parse_addr
 from aimesh.mesh import AiMesh
 from aimesh.server.app import create_app
+from aimesh.server.protocol import guarded_protocol
 
 __all__ = ["create_app", "serve"]
 
@@ -114,7 +115,9 @@ def serve(config: AiMeshConfig | None = None) -> None:
                 access_log=False,
                 timeout_graceful_shutdown=15,
                 limit_concurrency=None,
-                h11_max_incomplete_event_size=64 * 1024,
+                # httptools with a deadline and a size cap on each request
+                # head (uvicorn has neither for httptools; see protocol.py).
+                http=guarded_protocol(cfg.header_timeout_s),
                 server_header=False,
             )
         )

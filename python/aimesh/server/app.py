@@ -14,9 +14,10 @@ from typing import Any, Protocol
 
 import orjson
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from aimesh import _native
 from aimesh.auth import Authenticator
@@ -27,15 +28,19 @@ from aimesh.errors import (
     ValidationError,
 )
 from aimesh.mesh import AiMesh
-from aimesh.models import Acknowledgment, AIMessage, EndpointMetrics
+from aimesh.models import Acknowledgment, AIMessage, EndpointMetrics, parse_budget_request
 from aimesh.router import decision_to_json
 from aimesh.server import protobuf as pb
+from aimesh.server.headers import SecurityHeadersMiddleware
 from aimesh.server.openapi import openapi_spec
 from aimesh.tracing import trace_id_from
 
 log = logging.getLogger("aimesh.server")
 
 PROTOBUF = "application/x-protobuf"
+#: Body limits of the admin routes (their bodies are small objects).
+ENDPOINT_BODY_LIMIT = 64 * 1024
+BUDGET_BODY_LIMIT = 64 * 1024
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -172,7 +177,7 @@ class HttpApi:
 
     async def post_endpoint(self, request: Request) -> Response:
         self.require_admin(request)
-        body = await read_body(request, 64 * 1024)
+        body = await read_body(request, ENDPOINT_BODY_LIMIT)
         ep = EndpointMetrics.from_json_dict(parse_json(body))
         existed = ep.endpoint_id in self.mesh.endpoints
         await self.mesh.add_endpoint(ep)
@@ -196,17 +201,8 @@ class HttpApi:
 
     async def post_budget(self, request: Request) -> Response:
         self.require_admin(request)
-        data = parse_json(await read_body(request, 64 * 1024))
-        if not isinstance(data, dict):
-            raise ValidationError("invalid_body", "a budget must be a JSON object")
-        agent_id = data.get("agent_id")
-        tokens = data.get("tokens")
-        if not isinstance(agent_id, str):
-            raise ValidationError("invalid_agent_id", "agent_id is required")
-        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
-            raise ValidationError("invalid_tokens", "tokens must be a non-negative integer")
-        reset_at = _opt_epoch(data, "reset_at")
-        period_s = _opt_epoch(data, "period_s")
+        data = parse_json(await read_body(request, BUDGET_BODY_LIMIT))
+        agent_id, tokens, reset_at, period_s = parse_budget_request(data)
         info = await self.mesh.set_budget(agent_id, tokens, reset_at, period_s)
         return ORJSONResponse(info.to_json_dict(), status_code=201)
 
@@ -248,15 +244,6 @@ class HttpApi:
 
     async def openapi(self, request: Request) -> Response:
         return ORJSONResponse(openapi_spec())
-
-
-def _opt_epoch(data: dict[str, Any], name: str) -> int | None:
-    v = data.get(name)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ValidationError(f"invalid_{name}", f"{name} must be a non-negative integer (seconds)")
-    return v
 
 
 def _bearer(request: Request) -> str | None:
@@ -330,7 +317,17 @@ def create_app(
     async def not_allowed(request: Request, exc: Exception) -> Response:
         err = AiMeshError("method_not_allowed", f"{request.method} is not allowed here")
         err.status = 405
-        return error_response(err)
+        response = error_response(err)
+        # RFC 9110: a 405 lists the methods the path allows (over all its
+        # routes: Starlette names only the first route's).
+        allowed = {
+            method
+            for route in request.app.router.routes
+            if isinstance(route, Route) and route.matches(request.scope)[0] is not Match.NONE
+            for method in route.methods or ()
+        }
+        response.headers["Allow"] = ", ".join(sorted(allowed))
+        return response
 
     from contextlib import asynccontextmanager
 
@@ -361,6 +358,8 @@ def create_app(
     routes += dashboard_routes(api)
     app = Starlette(
         routes=routes,
+        # Outside the exception handlers, so their 404/405 get the headers too.
+        middleware=[Middleware(SecurityHeadersMiddleware)],
         exception_handlers={404: not_found, 405: not_allowed},
         lifespan=lifespan,
     )

@@ -246,11 +246,18 @@ class SqliteStorage:
                 except sqlite3.Error as e:
                     conn.execute("ROLLBACK TO op")
                     results.append((None, _unavailable(e)))
+                except Exception as e:
+                    # Any other failure (a bug, a value SQLite cannot bind) is
+                    # that caller's alone: undone, and the group goes on.
+                    conn.execute("ROLLBACK TO op")
+                    results.append((None, e))
                 else:
                     results.append((value, None))
                 conn.execute("RELEASE op")
             conn.execute("COMMIT")
-        except sqlite3.Error as e:
+        except Exception as e:
+            # Never leave the transaction open: the next group's BEGIN would
+            # fail ("cannot start a transaction within a transaction").
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             # Nothing of this group was committed: every caller learns it.
@@ -614,7 +621,7 @@ class SqliteStorage:
         return [EndpointMetrics.from_json_dict(orjson.loads(r[0])) for r in rows]
 
 
-def _unavailable(e: sqlite3.Error) -> ServiceUnavailableError:
+def _unavailable(e: Exception) -> ServiceUnavailableError:
     return ServiceUnavailableError("storage_unavailable", f"storage error: {e}", retry_after=1)
 
 
