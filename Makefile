@@ -21,7 +21,8 @@ $(BIN)/python:
 # Python dependencies (re-run when pyproject.toml changes).
 $(VENV)/.deps: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "maturin>=1.7,<2"
-	$(BIN)/pip install -q -e ".[dev]" --no-build-isolation || $(BIN)/pip install -q -e ".[dev]"
+	# The venv's maturin builds the editable install (no isolated build env).
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pip install -q -e ".[dev]" --no-build-isolation
 	touch $@
 
 install: $(VENV)/.deps build
