@@ -37,11 +37,15 @@ examples:
 """
 
 
+def _api_key(args: argparse.Namespace) -> str | None:
+    key = args.api_key or os.environ.get("AIMESH_API_KEY") or os.environ.get("AIMESH_ADMIN_KEY")
+    return key or None
+
+
 def _client(args: argparse.Namespace) -> Any:
     from aimesh.client import AiMeshClient
 
-    key = args.api_key or os.environ.get("AIMESH_API_KEY") or os.environ.get("AIMESH_ADMIN_KEY")
-    return AiMeshClient(args.url, api_key=key or None, timeout=args.timeout)
+    return AiMeshClient(args.url, api_key=_api_key(args), timeout=args.timeout)
 
 
 def _print(data: Any) -> None:
@@ -72,8 +76,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
 def _async_client(args: argparse.Namespace) -> Any:
     from aimesh.client import AsyncAiMeshClient
 
-    key = args.api_key or os.environ.get("AIMESH_API_KEY") or os.environ.get("AIMESH_ADMIN_KEY")
-    return AsyncAiMeshClient(args.url, api_key=key or None, timeout=args.timeout)
+    return AsyncAiMeshClient(args.url, api_key=_api_key(args), timeout=args.timeout)
 
 
 def cmd_send_file(args: argparse.Namespace) -> int:

@@ -62,6 +62,23 @@ RECENT_DECISIONS = 50
 QUEUE_RETRY_AFTER_S = 1.0
 
 
+@dataclass(frozen=True, slots=True)
+class RecentDecision:
+    """One routing decision of a real delivery, kept as the router made it
+    (turned into JSON only when someone reads it, not on the hot path)."""
+
+    decision: RoutingDecision
+    message_id: str
+    agent_id: str
+    at_ms: int
+
+    def to_json_dict(self) -> dict[str, object]:
+        record = decision_to_json(self.decision, self.message_id)
+        record["agent_id"] = self.agent_id
+        record["at_ms"] = self.at_ms
+        return record
+
+
 @dataclass(slots=True)
 class _Job:
     """A message admitted past budget reservation, waiting for delivery."""
@@ -117,7 +134,7 @@ class AiMesh:
         self.budget_cache: dict[str, BudgetInfo] = {}
         #: The last routing decisions of real deliveries, newest last (for
         #: the dashboard and debugging; bounded).
-        self.recent_decisions: deque[dict[str, object]] = deque(maxlen=RECENT_DECISIONS)
+        self.recent_decisions: deque[RecentDecision] = deque(maxlen=RECENT_DECISIONS)
         self._storage = storage
         self._wakeup: asyncio.Event | None = None
         # Set whenever a delivery attempt ends and frees endpoint capacity.
@@ -471,12 +488,7 @@ class AiMesh:
                 msg = AIMessage.from_view(view)
             except AiMeshError as e:  # a field over its size limit
                 self.metrics.rejected(e.code)
-                acks[i] = Acknowledgment(
-                    original_message_id=view.message_id[:256],
-                    status=AckStatus.REJECTED,
-                    error=e.message,
-                    error_code=e.code,
-                )
+                acks[i] = Acknowledgment.rejected(view.message_id[:256], e)
                 continue
             # Busy endpoints are not a reason to refuse: the queue waits
             # for capacity. Every other code is final.
@@ -686,10 +698,9 @@ class AiMesh:
                         "aimesh.reason": decision.reason,
                     },
                 )
-            record = decision_to_json(decision, msg.message_id)
-            record["agent_id"] = msg.agent_id
-            record["at_ms"] = int(time.time() * 1000)
-            self.recent_decisions.append(record)
+            self.recent_decisions.append(
+                RecentDecision(decision, msg.message_id, msg.agent_id, int(time.time() * 1000))
+            )
             request = DeliveryRequest(
                 payload=msg.payload,
                 message_id=msg.message_id,
@@ -869,14 +880,7 @@ def _ceil_retry(seconds: float) -> float:
 
 
 def _error_ack(msg: AIMessage, e: AiMeshError) -> Acknowledgment:
-    return Acknowledgment(
-        original_message_id=msg.message_id,
-        status=AckStatus.REJECTED,
-        error=e.message,
-        error_code=e.code,
-        retry_after_s=e.retry_after or 0.0,
-        trace_id=msg.trace_id,
-    )
+    return Acknowledgment.rejected(msg.message_id, e, msg.trace_id)
 
 
 def _received_ack(msg: AIMessage) -> Acknowledgment:

@@ -17,7 +17,7 @@ from enum import Enum
 from typing import Any
 
 from aimesh import _native
-from aimesh.errors import ValidationError
+from aimesh.errors import AiMeshError, ValidationError
 
 #: Largest number of metadata entries and dependencies a message may carry.
 MAX_METADATA_ENTRIES = 64
@@ -346,6 +346,19 @@ class Acknowledgment:
     error_code: str = ""
     retry_after_s: float = 0.0
     trace_id: str = ""
+
+    @classmethod
+    def rejected(cls, message_id: str, error: AiMeshError, trace_id: str = "") -> Acknowledgment:
+        """The ``rejected`` answer to a message refused before delivery: the
+        error's code and message, and its retry-after (0 when none)."""
+        return cls(
+            original_message_id=message_id,
+            status=AckStatus.REJECTED,
+            error=error.message,
+            error_code=error.code,
+            retry_after_s=error.retry_after or 0.0,
+            trace_id=trace_id,
+        )
 
     @property
     def result_text(self) -> str:

@@ -238,7 +238,7 @@ class MeshQuicProtocol(QuicConnectionProtocol):
                 coro = _encode_one(mesh.handle(msg, async_mode=st.async_mode))
         except AiMeshError as e:  # malformed protobuf or a field over its limit
             fut = loop.create_future()
-            ack = _refused("", e)
+            ack = Acknowledgment.rejected("", e)
             fut.set_result(acks_frame([ack]) if st.batches else ack_frame(ack))
             return fut
         task = loop.create_task(coro)
@@ -264,7 +264,7 @@ class MeshQuicProtocol(QuicConnectionProtocol):
         try:
             group.append((fut, AIMessage.from_view(frame.message())))
         except AiMeshError as e:
-            fut.set_result(ack_frame(_refused("", e)))
+            fut.set_result(ack_frame(Acknowledgment.rejected("", e)))
         return fut
 
     def _submit_group(
@@ -331,16 +331,6 @@ async def _encode_batch(answer: Any) -> bytes:
     return acks_frame(acks)
 
 
-def _refused(message_id: str, e: AiMeshError) -> Acknowledgment:
-    return Acknowledgment(
-        original_message_id=message_id,
-        status=AckStatus.REJECTED,
-        error=e.message,
-        error_code=e.code,
-        retry_after_s=e.retry_after or 0.0,
-    )
-
-
 def _busy_answer(frame: _native.RawFrame, batches: bool) -> bytes:
     err = AiMeshError(
         "stream_backlog_full",
@@ -352,12 +342,12 @@ def _busy_answer(frame: _native.RawFrame, batches: bool) -> bytes:
             mid = frame.message().message_id
         except FrameError:
             mid = ""
-        return ack_frame(_refused(mid, err))
+        return ack_frame(Acknowledgment.rejected(mid, err))
     try:
         ids = [v.message_id for v in frame.batch()]
     except FrameError:
         ids = [""]
-    return acks_frame([_refused(m, err) for m in ids])
+    return acks_frame([Acknowledgment.rejected(m, err) for m in ids])
 
 
 def _internal_error() -> Acknowledgment:

@@ -50,11 +50,15 @@ class ORJSONResponse(JSONResponse):
         return orjson.dumps(content)
 
 
+def retry_after_header(seconds: float) -> str:
+    """Retry-After is whole seconds; never tell a client to retry at once."""
+    return str(max(1, int(-(-seconds // 1))))
+
+
 def error_response(err: AiMeshError) -> Response:
     headers = {}
     if err.retry_after is not None:
-        # Retry-After is whole seconds; never tell a client to retry at once.
-        headers["Retry-After"] = str(max(1, int(-(-err.retry_after // 1))))
+        headers["Retry-After"] = retry_after_header(err.retry_after)
     return ORJSONResponse(err.to_dict(), status_code=err.status, headers=headers)
 
 

@@ -88,8 +88,8 @@ def dashboard_state(mesh: AiMesh) -> dict[str, Any]:
                 "failures": s.failures,
             }
         )
-    decisions = list(mesh.recent_decisions)[-SNAPSHOT_DECISIONS:]
-    decisions.reverse()  # newest first, as the page lists them
+    recent = list(mesh.recent_decisions)[-SNAPSHOT_DECISIONS:]
+    decisions = [d.to_json_dict() for d in reversed(recent)]  # newest first
     budgets = [
         {
             "agent_id": b.agent_id,

@@ -26,7 +26,14 @@ from starlette.routing import Route
 from aimesh.endpoints import ClientGone
 from aimesh.errors import AiMeshError, NotFoundError, ValidationError
 from aimesh.models import Acknowledgment, AckStatus, AIMessage, estimate_tokens
-from aimesh.server.app import HttpApi, _bearer, _wrap, parse_json, read_body
+from aimesh.server.app import (
+    HttpApi,
+    _bearer,
+    _wrap,
+    parse_json,
+    read_body,
+    retry_after_header,
+)
 from aimesh.tracing import new_trace_id, trace_id_from
 
 log = logging.getLogger("aimesh.server")
@@ -198,5 +205,5 @@ def _error_response(err: AiMeshError, headers: dict[str, str] | None = None) -> 
     }
     headers = dict(headers or {})
     if err.retry_after is not None:
-        headers["retry-after"] = str(max(1, int(-(-err.retry_after // 1))))
+        headers["retry-after"] = retry_after_header(err.retry_after)
     return Response(orjson.dumps(body), status_code=err.status, media_type=_JSON, headers=headers)
