@@ -158,6 +158,8 @@ def write_config(
     delivery: dict[str, Any] | None = None,
     routing: dict[str, Any] | None = None,
     budgets: list[dict[str, Any]] | None = None,
+    tiers: dict[str, dict[str, Any]] | None = None,
+    tenants: list[dict[str, Any]] | None = None,
 ) -> None:
     lines: list[str] = []
     for name, table in (("limits", limits), ("delivery", delivery), ("routing", routing)):
@@ -170,6 +172,12 @@ def write_config(
     for b in budgets or []:
         lines.append("[[budgets]]")
         lines += [f"{k} = {toml_value(v)}" for k, v in b.items()]
+    for name, tier in (tiers or {}).items():
+        lines.append(f"[tiers.{name}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in tier.items()]
+    for t in tenants or []:
+        lines.append("[[tenants]]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in t.items()]
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -259,7 +259,7 @@ def test_metrics_parse_and_stats(gw):
         s
         for s in msgs.samples
         if s.name == "aimesh_messages_total"
-        and s.labels == {"status": "success", "endpoint": "sim"}
+        and s.labels == {"status": "success", "endpoint": "sim", "tenant": "_default"}
     ]
     assert success and success[0].value == 6
     assert "aimesh_processing_latency_seconds" in families
@@ -268,7 +268,7 @@ def test_metrics_parse_and_stats(gw):
     remaining = [
         s
         for s in families["aimesh_budget_remaining_tokens"].samples
-        if s.labels == {"agent": "budgeted"}
+        if s.labels == {"agent": "budgeted", "tenant": "_default"}
     ]
     assert remaining and 0 < remaining[0].value < 500
     assert stats["messages"]["success"] == 6

@@ -16,6 +16,7 @@ from typing import Any
 
 from aimesh.errors import ValidationError
 from aimesh.models import EndpointMetrics
+from aimesh.tenancy.tiers import BUILTIN_TIERS, Tier, parse_tiers
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,6 +32,16 @@ class BudgetConfig:
     tokens: int
     reset_at: int | None = None
     period_s: int | None = None
+
+
+@dataclass(slots=True)
+class TenantConfig:
+    """A tenant to create at start-up (kept as it is if it already exists;
+    its keys are minted with ``aimesh tenants rotate-key``)."""
+
+    tenant_id: str
+    tier: str = "free"
+    name: str = ""
 
 
 @dataclass(slots=True)
@@ -89,6 +100,8 @@ class AiMeshConfig:
     # content
     endpoints: list[EndpointMetrics] = field(default_factory=list)
     budgets: list[BudgetConfig] = field(default_factory=list)
+    tiers: dict[str, Tier] = field(default_factory=lambda: dict(BUILTIN_TIERS))
+    tenants: list[TenantConfig] = field(default_factory=list)
     simulators: list[SimulatorConfig] = field(default_factory=list)
 
     @property
@@ -143,6 +156,15 @@ class AiMeshConfig:
                 self.budgets.append(BudgetConfig(**b))
             except TypeError as e:
                 raise ValidationError("invalid_config", f"[[budgets]]: {e}") from None
+        tiers = data.get("tiers", {})
+        if not isinstance(tiers, dict):
+            raise ValidationError("invalid_config", "[tiers] must be a table of tiers")
+        self.tiers = parse_tiers(tiers)
+        for t in data.get("tenants", []):
+            try:
+                self.tenants.append(TenantConfig(**t))
+            except TypeError as e:
+                raise ValidationError("invalid_config", f"[[tenants]]: {e}") from None
         for s in data.get("simulators", []):
             try:
                 self.simulators.append(SimulatorConfig(**s))
@@ -170,6 +192,11 @@ class AiMeshConfig:
             raise ValidationError("invalid_config", "QUIC pending and idle limits must be > 0")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValidationError("invalid_config", "set both AIMESH_TLS_CERT and AIMESH_TLS_KEY")
+        for t in self.tenants:
+            if t.tier not in self.tiers:
+                raise ValidationError(
+                    "invalid_config", f"tenant {t.tenant_id!r} has unknown tier {t.tier!r}"
+                )
         ids = [e.endpoint_id for e in self.endpoints]
         if len(ids) != len(set(ids)):
             raise ValidationError("invalid_config", "endpoint ids must be unique")

@@ -30,9 +30,11 @@ from aimesh.endpoints import DeliveryRequest, DeliveryResult, StreamSink
 from aimesh.endpoints.delivery import Deliverer
 from aimesh.errors import (
     AiMeshError,
+    AuthenticationError,
     BudgetExceededError,
     ConflictError,
     NotFoundError,
+    PermissionDeniedError,
     QueueFullError,
     RateLimitError,
     RoutingError,
@@ -49,9 +51,15 @@ from aimesh.models import (
     AIMessage,
     BudgetInfo,
     EndpointMetrics,
+    scoped,
+    unscoped,
 )
 from aimesh.router import Router, RoutingDecision, decision_to_json
-from aimesh.storage import PutResult, Storage, open_storage
+from aimesh.storage import BudgetStore, PutResult, Storage, open_storage
+from aimesh.storage.base import MONTHLY, month_start_after
+from aimesh.tenancy.admission import WINDOW_S, TierAdmission
+from aimesh.tenancy.registry import TenantRegistry
+from aimesh.tenancy.tiers import Tier
 from aimesh.tracing import new_trace_id
 
 log = logging.getLogger("aimesh.mesh")
@@ -84,13 +92,21 @@ class _Job:
     """A message admitted past budget reservation, waiting for delivery."""
 
     message: AIMessage
-    reservation_id: str
+    #: Budget reservations to settle when the message is done (the agent's
+    #: budget and the tenant's monthly quota, when they exist).
+    reservations: tuple[str, ...]
     started: float
     future: asyncio.Future[Acknowledgment]
     seq: int = 0
     attrs: dict[str, Any] = field(default_factory=dict)
     sink: StreamSink | None = None
     enqueued_ns: int = 0
+
+
+def quota_key(tenant_id: str) -> str:
+    """The budget row of a tenant's monthly token quota (``@`` is in
+    neither agent nor tenant ids, so it collides with no agent)."""
+    return f"@tenant/{tenant_id}"
 
 
 def body_hash(msg: AIMessage) -> bytes:
@@ -129,9 +145,15 @@ class AiMesh:
             breaker_cooldown_s=cfg.breaker_cooldown_s,
         )
         self.endpoints: dict[str, EndpointMetrics] = {}
-        # Last known budget of each agent, for the Prometheus gauges (a
-        # scrape must not wait on storage).
+        # Last known budget of each (tenant-scoped) agent, for the
+        # Prometheus gauges (a scrape must not wait on storage).
         self.budget_cache: dict[str, BudgetInfo] = {}
+        #: Tenants, tiers and keys; the checks tiers put on messages.
+        self.tenants = TenantRegistry(cfg.tiers)
+        self.tier_admission = TierAdmission(on_new_agent=self._persist_agent)
+        #: Budgets, quotas and rate limits shared by several nodes (Redis),
+        #: when ``redis_url`` is set; else budgets live in ``storage``.
+        self.shared: Any = None
         #: The last routing decisions of real deliveries, newest last (for
         #: the dashboard and debugging; bounded).
         self.recent_decisions: deque[RecentDecision] = deque(maxlen=RECENT_DECISIONS)
@@ -154,6 +176,12 @@ class AiMesh:
     # -- lifecycle ----------------------------------------------------------
 
     @property
+    def budgets(self) -> BudgetStore:
+        """Where budgets and tenant quotas live: Redis when shared, else the
+        local storage."""
+        return self.shared if self.shared is not None else self.storage
+
+    @property
     def storage(self) -> Storage:
         if self._storage is None:
             raise ServiceUnavailableError("not_started", "call `await mesh.start()` first")
@@ -170,6 +198,13 @@ class AiMesh:
         await self._storage.open()
         await self._storage.recover()
         await self._storage.purge_expired()
+        if cfg.redis_url and self.shared is None:
+            from aimesh.storage.redis_state import RedisSharedState
+
+            self.shared = RedisSharedState(cfg.redis_url, node_id=_node_id(cfg))
+        if self.shared is not None:
+            await self.shared.open()
+            await self.shared.recover()
         loop = asyncio.get_running_loop()
         # Duplicates of messages answered before a restart are still answered
         # from their first result (the TTL restarts from now).
@@ -179,10 +214,18 @@ class AiMesh:
             self.dedup.set(rec.key, done)
         for ep in await self._storage.list_endpoints():
             self.register_endpoint(ep)
+        budgets = self.budgets
         for b in cfg.budgets:
-            if await self._storage.get_budget(b.agent_id) is None:
-                await self._storage.set_budget(b.agent_id, b.tokens, b.reset_at, b.period_s)
-        for info in await self._storage.list_budgets():
+            if await budgets.get_budget(b.agent_id) is None:
+                await budgets.set_budget(b.agent_id, b.tokens, b.reset_at, b.period_s)
+        await self.tenants.load(self._storage)
+        for t in cfg.tenants:
+            await self.tenants.ensure(self._storage, t.tenant_id, t.tier, t.name)
+        for tenant_id, agent_id in await self._storage.list_tenant_agents():
+            self.tier_admission.agents[tenant_id].add(agent_id)
+        for tenant in self.tenants.tenants.values():
+            await self.sync_quota(tenant.tenant_id)
+        for info in await budgets.list_budgets():
             self._cache_budget(info)
         self._wakeup = asyncio.Event()
         self._async_wakeup = asyncio.Event()
@@ -219,6 +262,8 @@ class AiMesh:
             await asyncio.gather(self._dispatcher, return_exceptions=True)
         await self.deliverer.aclose()
         await self.storage.close()
+        if self.shared is not None:
+            await self.shared.close()
         self._started = False
 
     async def __aenter__(self) -> AiMesh:
@@ -269,8 +314,15 @@ class AiMesh:
         return d
 
     async def set_budget(
-        self, agent_id: str, tokens: int, reset_at: int | None = None, period_s: int | None = None
+        self,
+        agent_id: str,
+        tokens: int,
+        reset_at: int | None = None,
+        period_s: int | None = None,
+        *,
+        tenant_id: str = "",
     ) -> BudgetInfo:
+        """Set an agent's budget (of ``tenant_id``'s agent of that name)."""
         _native.validate_fields(agent_id, 1)
         # Bounded before storage: SQLite refuses integers past 64 bits, which
         # would surface as a 503 storage error instead of the caller's 400.
@@ -282,35 +334,82 @@ class AiMesh:
             raise ValidationError(
                 "invalid_period_s", f"period_s must be between 0 and {MAX_PERIOD_S}"
             )
-        return self._cache_budget(
-            await self.storage.set_budget(agent_id, tokens, reset_at, period_s)
-        )
+        key = scoped(tenant_id, agent_id)
+        info = await self.budgets.set_budget(key, tokens, reset_at, period_s)
+        return _own(self._cache_budget(info))
 
-    async def get_budget(self, agent_id: str) -> BudgetInfo:
-        info = await self.storage.get_budget(agent_id)
+    async def get_budget(self, agent_id: str, *, tenant_id: str = "") -> BudgetInfo:
+        _native.validate_fields(agent_id, 1)
+        info = await self.budgets.get_budget(scoped(tenant_id, agent_id))
         if info is None:
             raise NotFoundError("budget_not_found", f"no budget for agent {agent_id!r}")
-        return self._cache_budget(info)
+        return _own(self._cache_budget(info))
 
-    async def reset_budget(self, agent_id: str) -> BudgetInfo:
-        return self._cache_budget(await self.storage.reset_budget(agent_id))
+    async def reset_budget(self, agent_id: str, *, tenant_id: str = "") -> BudgetInfo:
+        _native.validate_fields(agent_id, 1)
+        try:
+            info = await self.budgets.reset_budget(scoped(tenant_id, agent_id))
+        except NotFoundError:
+            raise NotFoundError("budget_not_found", f"no budget for agent {agent_id!r}") from None
+        return _own(self._cache_budget(info))
 
     def _cache_budget(self, info: BudgetInfo) -> BudgetInfo:
         self.budget_cache[info.agent_id] = info
         return info
 
-    def metrics_budgets(self) -> list[BudgetInfo]:
-        """Budgets as last seen (updated on every set, read and settle)."""
-        return list(self.budget_cache.values())
+    def metrics_budgets(self) -> list[tuple[str, BudgetInfo]]:
+        """``(tenant, budget)`` of every agent budget as last seen (updated
+        on every set, read and settle); quotas are not agent budgets."""
+        return [
+            (k.rpartition("/")[0], _own(info))
+            for k, info in self.budget_cache.items()
+            if not k.startswith("@")
+        ]
+
+    # -- tenants ------------------------------------------------------------------
+
+    async def sync_quota(self, tenant_id: str) -> BudgetInfo | None:
+        """Make the tenant's monthly token quota match its tier: created on
+        first need (resetting at the start of each UTC month), its limit
+        changed with the tier (what is used this month is kept)."""
+        tier = self.tenants.tier_of(tenant_id)
+        key = quota_key(tenant_id)
+        if tier is None or tier.tokens_per_month is None:
+            return None
+        info = await self.budgets.update_budget_limit(key, tier.tokens_per_month)
+        if info is None:
+            info = await self.budgets.set_budget(
+                key, tier.tokens_per_month, month_start_after(time.time()), MONTHLY
+            )
+        return self._cache_budget(info)
+
+    async def quota(self, tenant_id: str) -> BudgetInfo | None:
+        """The tenant's monthly quota now (None when its tier has none)."""
+        tier = self.tenants.tier_of(tenant_id)
+        if tier is None or tier.tokens_per_month is None:
+            return None
+        info = await self.budgets.get_budget(quota_key(tenant_id))
+        return None if info is None else self._cache_budget(info)
+
+    def _persist_agent(self, tenant_id: str, agent_id: str) -> None:
+        if self._started:
+            self._spawn(self._save_agent(tenant_id, agent_id))
+
+    async def _save_agent(self, tenant_id: str, agent_id: str) -> None:
+        with contextlib.suppress(AiMeshError):
+            await self.storage.add_tenant_agent(tenant_id, agent_id)
 
     # -- the pipeline -------------------------------------------------------------
 
-    def admit(self, msg: AIMessage, *, key: str | None = None, validated: bool = False) -> None:
-        """Stages that need no I/O: validate, check the route group, rate
-        limit. Raise the matching error. ``validated=True`` when a native
-        batch pass already applied the protocol rules and the group check."""
+    def admit(self, msg: AIMessage, *, validated: bool = False) -> Tier | None:
+        """Stages that need no I/O: validate, check the route group, the
+        tenant's tier and the rate limits (these go to Redis instead when
+        budgets are shared: see :meth:`_admit`). Raise the matching error;
+        answer the tenant's tier. ``validated=True`` when a native batch
+        pass already applied the protocol rules and the group check."""
         if self._draining:
             raise ServiceUnavailableError("draining", "the gateway is shutting down", retry_after=1)
+        tier = self._tier(msg.tenant_id)
         if not msg.trace_id:
             # Every message gets a W3C trace id: in its ack, its log line
             # and its spans (not part of its identity: see body_hash).
@@ -320,7 +419,15 @@ class AiMesh:
             group = msg.group
             if group is not None and group not in self.router.groups():
                 raise NotFoundError("unknown_group", f"no endpoints serve model {group!r}")
-        allowed, retry_after = self.limiter.try_acquire(key or msg.agent_id)
+        if tier is not None:
+            try:
+                self.tier_admission.check(msg, tier)
+            except AiMeshError as e:
+                self.metrics.rejected(e.code)
+                raise
+        if self.shared is not None:
+            return tier
+        allowed, retry_after = self.limiter.try_acquire(msg.scoped_agent)
         if not allowed:
             self.metrics.rejected("rate_limited")
             raise RateLimitError(
@@ -328,11 +435,55 @@ class AiMesh:
                 f"rate limit of {self.config.rate_limit_rps:g}/s exceeded",
                 retry_after=_ceil_retry(retry_after),
             )
+        if tier is not None:
+            try:
+                self.tier_admission.acquire(msg.tenant_id, tier)
+            except RateLimitError:
+                self.metrics.rejected("tenant_rate_limited")
+                raise
+        return tier
+
+    async def _admit(self, msg: AIMessage, *, validated: bool = False) -> Tier | None:
+        """:meth:`admit`, then the shared rate limits (one atomic Redis
+        call for the agent's, the tenant's and the global limiter). A Redis
+        failure refuses the message (503): limits fail closed."""
+        tier = self.admit(msg, validated=validated)
+        if self.shared is None:
+            return tier
+        cfg = self.config
+        buckets = [(f"agent:{msg.scoped_agent}", cfg.rate_limit_rps, cfg.effective_burst)]
+        windows: list[tuple[str, int, float]] = []
+        if cfg.global_rate_limit_rps:
+            buckets.append(("global", cfg.global_rate_limit_rps, cfg.global_rate_limit_rps))
+        if tier is not None:
+            buckets.append((f"tenant:{msg.tenant_id}", tier.requests_per_second, tier.burst))
+            windows.append((f"tenant:{msg.tenant_id}", tier.requests_per_minute, WINDOW_S))
+        try:
+            allowed, retry_after = await self.shared.acquire(buckets, windows)
+        except AiMeshError as e:
+            self.metrics.rejected(e.code)
+            raise
+        if not allowed:
+            self.metrics.rejected("rate_limited")
+            raise RateLimitError(
+                "rate_limited", "rate limit exceeded", retry_after=_ceil_retry(retry_after)
+            )
+        return tier
+
+    def _tier(self, tenant_id: str) -> Tier | None:
+        """The tier of a message's tenant (None for the default tenant); a
+        tenant disabled since its key was checked is refused."""
+        if not tenant_id:
+            return None
+        tenant = self.tenants.tenants.get(tenant_id)
+        if tenant is None or not tenant.active:
+            raise AuthenticationError("invalid_api_key", "the key is not valid")
+        return self.tenants.tier(tenant.tier)
 
     def check_idempotency(self, msg: AIMessage) -> None:
-        """Same message_id with another body -> 409."""
+        """Same message_id (of the same tenant) with another body -> 409."""
         digest = body_hash(msg)
-        new, existing = self.recent_ids.insert_if_absent(msg.message_id.encode(), digest)
+        new, existing = self.recent_ids.insert_if_absent(msg.scoped_id.encode(), digest)
         if not new and existing != digest:
             raise ConflictError(
                 "message_id_conflict",
@@ -343,7 +494,6 @@ class AiMesh:
         self,
         msg: AIMessage,
         *,
-        key: str | None = None,
         validated: bool = False,
         sink: StreamSink | None = None,
     ) -> Acknowledgment:
@@ -354,7 +504,7 @@ class AiMesh:
         duplicate is not streamed: its ``result`` is the original's events)."""
         self._require_started()
         t0 = telemetry.now_ns() if telemetry.enabled else 0
-        self.admit(msg, key=key, validated=validated)
+        tier = await self._admit(msg, validated=validated)
         self.check_idempotency(msg)
         if telemetry.enabled:
             telemetry.record(
@@ -365,18 +515,22 @@ class AiMesh:
                 telemetry.now_ns(),
                 **{"aimesh.agent_id": msg.agent_id},
             )
-        ack = await self._run(msg, sink)
+        if tier is not None:
+            self.tier_admission.begin(msg.tenant_id, tier)
+        try:
+            ack = await self._run(msg, sink)
+        finally:
+            if tier is not None:
+                self.tier_admission.end(msg.tenant_id)
         self._spawn(self._record_sync(msg, ack))
         return ack
 
-    async def submit(
-        self, msg: AIMessage, *, key: str | None = None, validated: bool = False
-    ) -> Acknowledgment:
+    async def submit(self, msg: AIMessage, *, validated: bool = False) -> Acknowledgment:
         """Async mode: admit, write the message to disk, answer ``received``.
         Workers deliver it later in priority order; the final ack is read
         with :meth:`get_message`."""
         self._require_started()
-        self.admit(msg, key=key, validated=validated)
+        await self._admit(msg, validated=validated)
         if len(self._async_backlog) >= self._async_backlog.capacity:
             raise QueueFullError("queue_full", "async backlog is full", retry_after=1)
         result = await self.storage.put_message(msg, body_hash(msg))
@@ -387,7 +541,6 @@ class AiMesh:
         self,
         messages: Sequence[AIMessage],
         *,
-        key: str | None = None,
         validated: bool = False,
     ) -> list[Acknowledgment]:
         """Async mode for many messages with one durable write: each is
@@ -399,7 +552,7 @@ class AiMesh:
         admitted: list[int] = []
         for i, m in enumerate(messages):
             try:
-                self.admit(m, key=key, validated=validated)
+                await self._admit(m, validated=validated)
                 if len(admitted) >= room:
                     raise QueueFullError("queue_full", "async backlog is full", retry_after=1)
             except AiMeshError as e:
@@ -436,7 +589,6 @@ class AiMesh:
         msg: AIMessage,
         *,
         async_mode: bool = False,
-        key: str | None = None,
         validated: bool = False,
     ) -> Acknowledgment:
         """One message through the sync pipeline (:meth:`process_message`)
@@ -445,8 +597,8 @@ class AiMesh:
         The transports answer every message of a batch or stream this way."""
         try:
             if async_mode:
-                return await self.submit(msg, key=key, validated=validated)
-            return await self.process_message(msg, key=key, validated=validated)
+                return await self.submit(msg, validated=validated)
+            return await self.process_message(msg, validated=validated)
         except AiMeshError as e:
             return _error_ack(msg, e)
 
@@ -455,21 +607,24 @@ class AiMesh:
         messages: Iterable[AIMessage],
         *,
         async_mode: bool = False,
-        key: str | None = None,
+        tenant_id: str = "",
     ) -> list[Acknowledgment]:
-        """Process many messages concurrently; each gets an ack, in order (a
-        message rejected before delivery gets a ``rejected`` ack with its
-        code)."""
+        """Process many messages of one tenant concurrently; each gets an
+        ack, in order (a message rejected before delivery gets a
+        ``rejected`` ack with its code)."""
+        batch = list(messages)
+        for m in batch:
+            m.tenant_id = tenant_id
         if async_mode:
-            return await self.submit_many(list(messages), key=key)
-        return list(await asyncio.gather(*(self.handle(m, key=key) for m in messages)))
+            return await self.submit_many(batch)
+        return list(await asyncio.gather(*(self.handle(m) for m in batch)))
 
     async def process_buffer(
         self,
         batch: _native.MessageBuffer,
         *,
         async_mode: bool = False,
-        key: str | None = None,
+        tenant_id: str = "",
     ) -> list[Acknowledgment]:
         """A natively decoded batch (:func:`aimesh._native.decode_batch` or
         :func:`~aimesh._native.decode_frames`). Validation, the route-group
@@ -490,6 +645,7 @@ class AiMesh:
                 self.metrics.rejected(e.code)
                 acks[i] = Acknowledgment.rejected(view.message_id[:256], e)
                 continue
+            msg.tenant_id = tenant_id
             # Busy endpoints are not a reason to refuse: the queue waits
             # for capacity. Every other code is final.
             if reason == 0 or codes[reason] == "no_endpoint_available":
@@ -498,19 +654,36 @@ class AiMesh:
                 self.metrics.rejected(codes[reason])
                 acks[i] = _error_ack(msg, _batch_rejection(codes[reason]))
         if async_mode:
-            done = await self.submit_many([m for _, m in admitted], key=key, validated=True)
+            done = await self.submit_many([m for _, m in admitted], validated=True)
         else:
-            done = await asyncio.gather(
-                *(self.handle(m, key=key, validated=True) for _, m in admitted)
-            )
+            done = await asyncio.gather(*(self.handle(m, validated=True) for _, m in admitted))
         for (i, _), ack in zip(admitted, done, strict=True):
             acks[i] = ack
         return [a for a in acks if a is not None]
 
     def route(self, msg: AIMessage) -> RoutingDecision:
-        """Dry run: the routing decision for ``msg``; nothing is delivered."""
+        """Dry run: the routing decision for ``msg`` (within its tenant's
+        tier); nothing is delivered."""
         self._validate(msg)
-        return self.router.route(msg, exclude=self.deliverer.open_circuits())
+        tier = self._tier(msg.tenant_id)
+        group = msg.group
+        if tier is not None and group is not None and not tier.allows_group(group):
+            raise PermissionDeniedError(
+                "model_not_allowed", f"the {tier.name} tier does not include model {group!r}"
+            )
+        return self.router.route(msg, exclude=self._excluded(msg))
+
+    def _excluded(self, msg: AIMessage) -> list[str]:
+        """Endpoints ``msg`` may not use: open circuits, and for a tier
+        limited to some route groups, the endpoints of the others."""
+        excluded = self.deliverer.open_circuits()
+        tier = self.tenants.tier_of(msg.tenant_id) if msg.tenant_id else None
+        if tier is not None and tier.allowed_groups:
+            excluded = [
+                *excluded,
+                *(s.endpoint_id for s in self.router.endpoints() if not tier.allows_group(s.group)),
+            ]
+        return excluded
 
     def _validate(self, msg: AIMessage) -> None:
         """The protocol rules (``ValidationError`` with the rule's code)."""
@@ -523,8 +696,10 @@ class AiMesh:
             max_payload_bytes=self.config.max_payload_bytes,
         )
 
-    async def get_message(self, message_id: str) -> dict[str, Any]:
-        stored = await self.storage.get_message(message_id)
+    async def get_message(self, message_id: str, *, tenant_id: str = "") -> dict[str, Any]:
+        """A message of ``tenant_id`` with its status and ack (another
+        tenant's message is not found)."""
+        stored = await self.storage.get_message(message_id, tenant_id)
         if stored is None:
             raise NotFoundError("message_not_found", f"no message {message_id!r}")
         return {
@@ -541,12 +716,14 @@ class AiMesh:
     async def _run(self, msg: AIMessage, sink: StreamSink | None = None) -> Acknowledgment:
         """dedup (single-flight) -> reserve -> enqueue -> deliver -> settle."""
         loop = asyncio.get_running_loop()
-        key = _native.dedup_key(msg.agent_id, msg.payload, msg.dedup_context)
+        # The scoped agent makes dedup per tenant: identical payloads of two
+        # tenants never share a result.
+        key = _native.dedup_key(msg.scoped_agent, msg.payload, msg.dedup_context)
         flight: asyncio.Future[Acknowledgment] = loop.create_future()
         new, existing = self.dedup.insert_if_absent(key, flight)
         if not new:
             original: Acknowledgment = await asyncio.shield(existing)  # type: ignore[arg-type]
-            self.metrics.duplicate()
+            self.metrics.duplicate(msg.tenant_id)
             dup = replace(
                 original,
                 status=AckStatus.DUPLICATE,
@@ -585,34 +762,26 @@ class AiMesh:
                 "message_budget_exceeded",
                 f"estimated {tokens} tokens exceed the message's budget_tokens {msg.budget_tokens}",
             )
-        reservation = f"{msg.message_id}"
-        # This process owns its storage, so the set of agents with a budget
-        # is known here: agents without one skip the storage round trip.
-        if msg.agent_id in self.budget_cache:
-            t0 = telemetry.now_ns() if telemetry.enabled else 0
-            try:
-                await self.storage.reserve(msg.agent_id, reservation, tokens)
-            except BudgetExceededError:
-                self.metrics.rejected("budget_exceeded")
-                raise
-            finally:
-                if telemetry.enabled:
-                    telemetry.record(
-                        "aimesh.budget.reserve",
-                        msg.trace_id,
-                        msg.message_id,
-                        t0,
-                        telemetry.now_ns(),
-                        **{"aimesh.tokens": tokens},
-                    )
+        t0 = telemetry.now_ns() if telemetry.enabled else 0
+        try:
+            reservations = await self._reserve(msg, tokens)
+        finally:
+            if telemetry.enabled:
+                telemetry.record(
+                    "aimesh.budget.reserve",
+                    msg.trace_id,
+                    msg.message_id,
+                    t0,
+                    telemetry.now_ns(),
+                    **{"aimesh.tokens": tokens},
+                )
         loop = asyncio.get_running_loop()
-        job = _Job(msg, reservation, time.perf_counter(), loop.create_future(), sink=sink)
+        job = _Job(msg, reservations, time.perf_counter(), loop.create_future(), sink=sink)
         job.enqueued_ns = telemetry.now_ns() if telemetry.enabled else 0
         try:
             job.seq = self.queue.push(job, msg.priority, msg.deadline_ms)
         except QueueFullError as e:
-            if msg.agent_id in self.budget_cache:
-                await self.storage.release(reservation)
+            await self._settle(reservations, 0)
             self.metrics.rejected("queue_full")
             e.retry_after = QUEUE_RETRY_AFTER_S
             raise
@@ -624,6 +793,51 @@ class AiMesh:
             # The caller went away: the job still settles its reservation when
             # it finishes (see _deliver_job), so nothing leaks.
             raise
+
+    async def _reserve(self, msg: AIMessage, tokens: int) -> tuple[str, ...]:
+        """Reserve ``tokens`` against the tenant's monthly quota, then the
+        agent's budget (each check-and-reserve is atomic, so no concurrency
+        overspends); answer what to settle. Nothing stays reserved when one
+        refuses."""
+        held: list[str] = []
+        tier = self.tenants.tier_of(msg.tenant_id) if msg.tenant_id else None
+        try:
+            if tier is not None and tier.tokens_per_month is not None:
+                rid = f"{msg.scoped_id}#quota"
+                try:
+                    await self.budgets.reserve(quota_key(msg.tenant_id), rid, tokens)
+                except BudgetExceededError as e:
+                    self.metrics.rejected("tenant_quota_exceeded")
+                    raise BudgetExceededError(
+                        "tenant_quota_exceeded",
+                        f"the tenant's monthly quota of {tier.tokens_per_month} tokens is used up",
+                        details=e.details,
+                    ) from None
+                held.append(rid)
+            # With a local store the agents that have a budget are known
+            # here, so the others skip a storage round trip; a shared store
+            # may hold budgets set on another node, so it is always asked.
+            if self.shared is not None or msg.scoped_agent in self.budget_cache:
+                try:
+                    resv = await self.budgets.reserve(msg.scoped_agent, msg.scoped_id, tokens)
+                except BudgetExceededError:
+                    self.metrics.rejected("budget_exceeded")
+                    raise
+                if resv.capped:
+                    held.append(msg.scoped_id)
+        except BaseException:
+            await self._settle(tuple(held), 0)
+            raise
+        return tuple(held)
+
+    async def _settle(self, reservations: tuple[str, ...], used: int) -> None:
+        """Settle (or release, with 0) reservations; never raises (a
+        reservation a crash leaves behind is released by ``recover``)."""
+        for rid in reservations:
+            with contextlib.suppress(Exception):
+                info = await asyncio.shield(self.budgets.settle(rid, used))
+                if info is not None:
+                    self._cache_budget(info)
 
     async def _dispatch_loop(self) -> None:
         """Pop jobs in priority/deadline order whenever delivery capacity is
@@ -652,8 +866,7 @@ class AiMesh:
             task.add_done_callback(done)
 
     async def _expire(self, job: _Job) -> None:
-        if job.message.agent_id in self.budget_cache:
-            await self.storage.release(job.reservation_id)
+        await self._settle(job.reservations, 0)
         ack = Acknowledgment(
             original_message_id=job.message.message_id,
             status=AckStatus.FAILED,
@@ -662,7 +875,7 @@ class AiMesh:
             processing_latency_ms=(time.perf_counter() - job.started) * 1000,
             trace_id=job.message.trace_id,
         )
-        self.metrics.completed(ack, cost=0.0)
+        self.metrics.completed(ack, cost=0.0, tenant=job.message.tenant_id)
         log_message(job.message.message_id, job.message.agent_id, ack)
         if not job.future.done():
             job.future.set_result(ack)
@@ -762,11 +975,8 @@ class AiMesh:
                     },
                 )
             # Settle even on cancellation so a reservation never leaks.
-            if msg.agent_id in self.budget_cache:
-                with contextlib.suppress(Exception):
-                    info = await asyncio.shield(self.storage.settle(job.reservation_id, used))
-                    if info is not None:
-                        self._cache_budget(info)
+            if job.reservations:
+                await self._settle(job.reservations, used)
                 if traced:
                     telemetry.record(
                         "aimesh.budget.settle",
@@ -786,7 +996,7 @@ class AiMesh:
                 )
             ep = self.endpoints.get(ack.endpoint_id)
             cost = ack.tokens_used / 1000 * ep.cost_per_1k_tokens if ep else 0.0
-            self.metrics.completed(ack, cost=cost)
+            self.metrics.completed(ack, cost=cost, tenant=msg.tenant_id)
             log_message(msg.message_id, msg.agent_id, ack)
             if not job.future.done():
                 job.future.set_result(ack)
@@ -800,7 +1010,7 @@ class AiMesh:
             limit = min(limit, time.monotonic() + msg.deadline_ms / 1000 - time.time())
         while True:
             try:
-                return self.router.route(msg, exclude=self.deliverer.open_circuits())
+                return self.router.route(msg, exclude=self._excluded(msg))
             except RoutingError:
                 remaining = limit - time.monotonic()
                 if remaining <= 0 or not self._only_saturated(msg.group):
@@ -842,7 +1052,7 @@ class AiMesh:
     async def _finish_async(self, msg: AIMessage, ack: Acknowledgment) -> None:
         for attempt in range(5):
             try:
-                await self.storage.complete_message(msg.message_id, ack)
+                await self.storage.complete_message(msg.message_id, ack, msg.tenant_id)
                 return
             except ServiceUnavailableError:
                 await asyncio.sleep(0.2 * (attempt + 1))
@@ -867,6 +1077,18 @@ class AiMesh:
     @property
     def ready(self) -> bool:
         return self._started and not self._draining
+
+
+def _own(info: BudgetInfo) -> BudgetInfo:
+    """A budget as its tenant names it (without the tenant scope)."""
+    return replace(info, agent_id=unscoped(info.agent_id))
+
+
+def _node_id(cfg: AiMeshConfig) -> str:
+    """This node's name in shared state (its reservations are its own)."""
+    import socket
+
+    return f"{socket.gethostname()}:{cfg.bind_addr}:{Path(cfg.data_dir).resolve()}"
 
 
 def _consume_exception(fut: asyncio.Future[Any]) -> None:

@@ -4,8 +4,9 @@ histograms) and ``/metrics`` (Prometheus text, prometheus-client)."""
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -20,6 +21,41 @@ from aimesh.models import Acknowledgment
 if TYPE_CHECKING:
     from aimesh.mesh import AiMesh
 
+#: The Prometheus ``tenant`` label of the default tenant (tenant ids start
+#: with a letter or digit, so none is named this).
+DEFAULT_TENANT_LABEL = "_default"
+
+
+def tenant_label(tenant_id: str) -> str:
+    return tenant_id or DEFAULT_TENANT_LABEL
+
+
+@dataclass(slots=True)
+class TenantUsage:
+    """What one tenant has used since the gateway started."""
+
+    messages: Counter[str] = field(default_factory=Counter)
+    tokens: int = 0
+    cost: float = 0.0
+    by_endpoint: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "messages": dict(self.messages),
+            "messages_total": sum(self.messages.values()),
+            "tokens_used": self.tokens,
+            "cost": round(self.cost, 6),
+            "by_endpoint": {
+                ep: {
+                    "messages": int(v["messages"]),
+                    "tokens": int(v["tokens"]),
+                    "cost": round(v["cost"], 6),
+                }
+                for ep, v in sorted(self.by_endpoint.items())
+            },
+        }
+
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -32,17 +68,20 @@ class MeshMetrics:
         self.registry = CollectorRegistry()
         self.messages = PromCounter(
             "aimesh_messages",
-            "Messages completed, by final status and endpoint.",
-            ["status", "endpoint"],
+            "Messages completed, by final status, endpoint and tenant.",
+            ["status", "endpoint", "tenant"],
             registry=self.registry,
         )
         self.tokens = PromCounter(
-            "aimesh_tokens", "Tokens used, by endpoint.", ["endpoint"], registry=self.registry
+            "aimesh_tokens",
+            "Tokens used, by endpoint and tenant.",
+            ["endpoint", "tenant"],
+            registry=self.registry,
         )
         self.cost = PromCounter(
             "aimesh_cost",
-            "Cost in the endpoints' cost units (tokens/1000 * cost_per_1k_tokens).",
-            ["endpoint"],
+            "Cost in the endpoints' cost units (tokens/1000 * cost_per_1k_tokens), by tenant.",
+            ["endpoint", "tenant"],
             registry=self.registry,
         )
         self.rejections = PromCounter(
@@ -66,18 +105,32 @@ class MeshMetrics:
         self.cost_total = 0.0
         self.async_accepted = 0
         self.duplicates = 0
+        #: Usage per tenant ("" is the default tenant).
+        self.tenants: defaultdict[str, TenantUsage] = defaultdict(TenantUsage)
 
-    def completed(self, ack: Acknowledgment, *, cost: float) -> None:
+    def completed(self, ack: Acknowledgment, *, cost: float, tenant: str = "") -> None:
         endpoint = ack.endpoint_id or "none"
         status = ack.status.value
+        label = tenant_label(tenant)
         self.by_status[status] += 1
-        self.messages.labels(status, endpoint).inc()
+        self.messages.labels(status, endpoint, label).inc()
+        usage = self.tenants[tenant]
+        usage.messages[status] += 1
+        if ack.endpoint_id:
+            per = usage.by_endpoint.setdefault(
+                endpoint, {"messages": 0.0, "tokens": 0.0, "cost": 0.0}
+            )
+            per["messages"] += 1
+            per["tokens"] += ack.tokens_used
+            per["cost"] += cost
         if ack.tokens_used:
-            self.tokens.labels(endpoint).inc(ack.tokens_used)
+            self.tokens.labels(endpoint, label).inc(ack.tokens_used)
             self.tokens_total += ack.tokens_used
+            usage.tokens += ack.tokens_used
         if cost:
-            self.cost.labels(endpoint).inc(cost)
+            self.cost.labels(endpoint, label).inc(cost)
             self.cost_total += cost
+            usage.cost += cost
         if ack.processing_latency_ms:
             self.overall.record(ack.processing_latency_ms)
             self.latency.labels(endpoint).observe(ack.processing_latency_ms / 1000)
@@ -86,10 +139,11 @@ class MeshMetrics:
         self.rejected_by_code[code] += 1
         self.rejections.labels(code).inc()
 
-    def duplicate(self) -> None:
+    def duplicate(self, tenant: str = "") -> None:
         self.duplicates += 1
         self.by_status["duplicate"] += 1
-        self.messages.labels("duplicate", "none").inc()
+        self.tenants[tenant].messages["duplicate"] += 1
+        self.messages.labels("duplicate", "none", tenant_label(tenant)).inc()
 
     def accepted_async(self) -> None:
         self.async_accepted += 1
@@ -127,6 +181,16 @@ class MeshMetrics:
             "queue_depth": len(mesh.queue),
             "latency_ms": _round(self.overall.snapshot()),
             "endpoints": endpoints,
+            "tenants": {tenant_label(t): u.to_json_dict() for t, u in sorted(self.tenants.items())},
+        }
+
+    def tenant_stats(self, tenant: str) -> dict[str, Any]:
+        """One tenant's usage (what a tenant key sees of ``/stats``)."""
+        usage = self.tenants.get(tenant) or TenantUsage()
+        return {
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "tenant_id": tenant,
+            **usage.to_json_dict(),
         }
 
 
@@ -170,15 +234,17 @@ class _LiveCollector(Collector):
         yield up
         budgets = mesh.metrics_budgets()
         remaining = GaugeMetricFamily(
-            "aimesh_budget_remaining_tokens", "Remaining budget per agent.", labels=["agent"]
+            "aimesh_budget_remaining_tokens",
+            "Remaining budget per agent.",
+            labels=["agent", "tenant"],
         )
         reserved = GaugeMetricFamily(
             "aimesh_budget_reserved_tokens",
             "Tokens reserved by in-flight messages.",
-            labels=["agent"],
+            labels=["agent", "tenant"],
         )
-        for b in budgets:
-            remaining.add_metric([b.agent_id], b.remaining_tokens)
-            reserved.add_metric([b.agent_id], b.reserved_tokens)
+        for tenant, b in budgets:
+            remaining.add_metric([b.agent_id, tenant_label(tenant)], b.remaining_tokens)
+            reserved.add_metric([b.agent_id, tenant_label(tenant)], b.reserved_tokens)
         yield remaining
         yield reserved

@@ -186,6 +186,9 @@ class AIMessage:
     trace_id: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     timestamp: int = field(default_factory=time.time_ns)
+    #: The tenant the message belongs to ("" = the default tenant). Set by
+    #: the server from the caller's key, never read from the wire.
+    tenant_id: str = ""
 
     def __post_init__(self) -> None:
         if isinstance(self.payload, str):
@@ -197,6 +200,18 @@ class AIMessage:
     def group(self) -> str | None:
         """The route group (``metadata["model"]``), if any."""
         return self.metadata.get("model") or None
+
+    @property
+    def scoped_agent(self) -> str:
+        """The agent's name across tenants (budgets, limits, dedup)."""
+        return scoped(self.tenant_id, self.agent_id)
+
+    @property
+    def scoped_id(self) -> str:
+        """The message id across tenants (reservations, idempotency). Always
+        ``tenant/id``: message ids may hold ``/``, tenant ids may not, so the
+        default tenant's ``a/b`` (``/a/b``) is not tenant a's ``b``."""
+        return f"{self.tenant_id}/{self.message_id}"
 
     def estimated_tokens(self) -> int:
         """``estimated_cost_tokens`` or an estimate from the payload size
@@ -321,6 +336,17 @@ class AIMessage:
             metadata=_str_map(d, "metadata"),
             timestamp=timestamp or time.time_ns(),
         )
+
+
+def scoped(tenant_id: str, name: str) -> str:
+    """``name`` inside a tenant. Agent ids cannot hold ``/``, so
+    ``tenant/agent`` never collides with an agent of the default tenant."""
+    return f"{tenant_id}/{name}" if tenant_id else name
+
+
+def unscoped(name: str) -> str:
+    """The tenant's own name for a scoped one."""
+    return name.rpartition("/")[2]
 
 
 #: The SDK name of :class:`AIMessage`.

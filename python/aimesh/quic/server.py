@@ -22,7 +22,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from google.protobuf.message import DecodeError
 
 from aimesh import _native
-from aimesh.auth import Authenticator
+from aimesh.auth import Authenticator, Principal
 from aimesh.config import parse_addr
 from aimesh.errors import AiMeshError, FrameError
 from aimesh.mesh import AiMesh
@@ -44,7 +44,16 @@ BACKLOG_RETRY_AFTER_S = 0.05
 class _Stream:
     """One client stream: its decoder, its mode, and its answers in order."""
 
-    __slots__ = ("async_mode", "batches", "decoder", "ended", "hello", "order", "unanswered")
+    __slots__ = (
+        "async_mode",
+        "batches",
+        "decoder",
+        "ended",
+        "hello",
+        "order",
+        "principal",
+        "unanswered",
+    )
 
     def __init__(self, max_frame: int) -> None:
         self.decoder = _native.FrameDecoder(max_frame)
@@ -56,6 +65,7 @@ class _Stream:
         # completes.
         self.order: deque[asyncio.Future[bytes]] = deque()
         self.unanswered = 0
+        self.principal = Principal()  # set by the hello
 
 
 class QuicGateway:
@@ -89,7 +99,9 @@ class MeshQuicProtocol(QuicConnectionProtocol):
         super().__init__(*args, **kwargs)
         self.gw = gateway
         self.streams: dict[int, _Stream] = {}
-        self.authenticated = False
+        # Who opened the connection (the first hello's key); a later hello
+        # may name another key for its own stream.
+        self.principal: Principal | None = None
         self.peer: str | None = None
         self.peer_addr: str | None = None
         self.highest_stream = -1
@@ -176,6 +188,10 @@ class MeshQuicProtocol(QuicConnectionProtocol):
             if len(frame) > st.decoder.max_frame_bytes:
                 self._reset(sid, QuicErrorCode.FRAME_TOO_LARGE)
                 return
+            if not self.gw.auth.still_valid(st.principal):
+                # The key was revoked while the stream was open.
+                self._reset(sid, QuicErrorCode.UNAUTHENTICATED)
+                return
             if len(st.order) >= self.gw.max_pending + BACKLOG_SLACK:
                 self._reset(sid, QuicErrorCode.BACKLOG_EXCEEDED)
                 return
@@ -198,13 +214,16 @@ class MeshQuicProtocol(QuicConnectionProtocol):
         except DecodeError:
             self._reset(sid, QuicErrorCode.BAD_HELLO)
             return False
-        if not self.authenticated or hello.api_key:
+        if self.principal is None or hello.api_key:
             try:
-                self.gw.auth.require_sender(hello.api_key or None)
+                st.principal = self.gw.auth.identify(hello.api_key or None)
             except AiMeshError:
                 self._reset(sid, QuicErrorCode.UNAUTHENTICATED)
                 return False
-            self.authenticated = True
+            if self.principal is None:
+                self.principal = st.principal
+        else:
+            st.principal = self.principal
         st.hello = True
         st.batches = hello.kind == pb2.STREAM_KIND_BATCHES
         st.async_mode = hello.async_mode
@@ -232,9 +251,14 @@ class MeshQuicProtocol(QuicConnectionProtocol):
                         "batch_too_large",
                         f"a batch holds at most {mesh.config.max_batch_messages} messages",
                     )
-                coro: Any = _encode_batch(mesh.process_buffer(batch, async_mode=st.async_mode))
+                coro: Any = _encode_batch(
+                    mesh.process_buffer(
+                        batch, async_mode=st.async_mode, tenant_id=st.principal.tenant_id
+                    )
+                )
             else:
                 msg = AIMessage.from_view(frame.message())
+                msg.tenant_id = st.principal.tenant_id
                 coro = _encode_one(mesh.handle(msg, async_mode=st.async_mode))
         except AiMeshError as e:  # malformed protobuf or a field over its limit
             fut = loop.create_future()
@@ -262,7 +286,9 @@ class MeshQuicProtocol(QuicConnectionProtocol):
             fut.set_result(_busy_answer(frame, batches=False))
             return fut
         try:
-            group.append((fut, AIMessage.from_view(frame.message())))
+            msg = AIMessage.from_view(frame.message())
+            msg.tenant_id = st.principal.tenant_id
+            group.append((fut, msg))
         except AiMeshError as e:
             fut.set_result(ack_frame(Acknowledgment.rejected("", e)))
         return fut

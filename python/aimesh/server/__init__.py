@@ -102,7 +102,8 @@ def serve(config: AiMeshConfig | None = None) -> None:
             from aimesh.auth import Authenticator
             from aimesh.quic.server import QuicListener
 
-            services.append(QuicListener(mesh, Authenticator(cfg.admin_key, admin_open=admin_open)))
+            auth = Authenticator(cfg.admin_key, admin_open=admin_open, registry=mesh.tenants)
+            services.append(QuicListener(mesh, auth))
         app = create_app(mesh, admin_open=admin_open, services=services)
         server = _Server(
             uvicorn.Config(

@@ -20,15 +20,22 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
 from aimesh import _native
-from aimesh.auth import Authenticator
+from aimesh.auth import Authenticator, Principal
 from aimesh.errors import (
     AiMeshError,
     NotFoundError,
     PayloadTooLargeError,
+    PermissionDeniedError,
     ValidationError,
 )
 from aimesh.mesh import AiMesh
-from aimesh.models import Acknowledgment, AIMessage, EndpointMetrics, parse_budget_request
+from aimesh.models import (
+    Acknowledgment,
+    AIMessage,
+    BudgetInfo,
+    EndpointMetrics,
+    parse_budget_request,
+)
 from aimesh.router import decision_to_json
 from aimesh.server import protobuf as pb
 from aimesh.server.headers import SecurityHeadersMiddleware
@@ -38,6 +45,8 @@ from aimesh.tracing import trace_id_from
 log = logging.getLogger("aimesh.server")
 
 PROTOBUF = "application/x-protobuf"
+#: An admin request acting in a tenant names it in this header.
+TENANT_HEADER = "x-aimesh-tenant"
 #: Body limits of the admin routes (their bodies are small objects).
 ENDPOINT_BODY_LIMIT = 64 * 1024
 BUDGET_BODY_LIMIT = 64 * 1024
@@ -106,16 +115,53 @@ class HttpApi:
 
     def __init__(self, mesh: AiMesh, *, admin_open: bool) -> None:
         self.mesh = mesh
-        self.auth = Authenticator(mesh.config.admin_key, admin_open=admin_open)
+        self.auth = Authenticator(
+            mesh.config.admin_key, admin_open=admin_open, registry=mesh.tenants
+        )
 
     # -- auth -------------------------------------------------------------------
 
-    def require_admin(self, request: Request) -> None:
-        self.auth.require_admin(_bearer(request))
+    def require_admin(self, request: Request) -> Principal:
+        return self.auth.require_admin(_bearer(request))
+
+    def caller(self, request: Request) -> Principal:
+        """The authenticated caller (401 without a valid key when keys are
+        required)."""
+        return self.auth.identify(_bearer(request))
+
+    def tenant_of(self, request: Request) -> str:
+        """The tenant a request acts in: the key's tenant, or for the admin
+        the one named by ``X-AiMesh-Tenant`` (default: the default tenant)."""
+        principal = self.caller(request)
+        named = request.headers.get(TENANT_HEADER)
+        if principal.tenant_id:
+            if named is not None and named != principal.tenant_id:
+                raise PermissionDeniedError(
+                    "tenant_mismatch", f"a tenant key acts only in its own tenant ({TENANT_HEADER})"
+                )
+            return principal.tenant_id
+        if named:
+            if not principal.admin:
+                raise PermissionDeniedError(
+                    "admin_only", f"only the admin key may name a tenant with {TENANT_HEADER}"
+                )
+            self.mesh.tenants.get(named)
+            return named
+        return ""
+
+    def budget_scope(self, request: Request) -> str:
+        """Budgets: a tenant key manages its own agents'; the default
+        tenant's need the admin key (or an open loopback server)."""
+        tenant_id = self.tenant_of(request)
+        if not self.caller(request).tenant_id:
+            self.require_admin(request)
+        return tenant_id
 
     # -- messages ---------------------------------------------------------------
 
     async def read_message(self, request: Request) -> AIMessage:
+        """The request's message, in the caller's tenant."""
+        tenant_id = self.tenant_of(request)
         body = await read_body(request, self.mesh.config.max_body_bytes)
         if is_protobuf(request):
             msg = pb.message_from_protobuf(body)
@@ -126,6 +172,7 @@ class HttpApi:
             trace_id = trace_id_from(request.headers.get("traceparent"))
             if trace_id:
                 msg = replace(msg, trace_id=trace_id)
+        msg.tenant_id = tenant_id
         return msg
 
     def ack_response(self, request: Request, ack: Acknowledgment, status: int = 200) -> Response:
@@ -145,6 +192,7 @@ class HttpApi:
         return self.ack_response(request, ack)
 
     async def post_batch(self, request: Request) -> Response:
+        tenant_id = self.tenant_of(request)
         body = await read_body(request, self.mesh.config.max_batch_body_bytes)
         mode = request.query_params.get("mode", "sync")
         if mode not in ("sync", "async"):
@@ -156,7 +204,9 @@ class HttpApi:
             batch = _native.decode_batch(body)
             if len(batch) > limit:
                 raise too_large
-            acks = await self.mesh.process_buffer(batch, async_mode=mode == "async")
+            acks = await self.mesh.process_buffer(
+                batch, async_mode=mode == "async", tenant_id=tenant_id
+            )
         else:
             data = parse_json(body)
             if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
@@ -164,15 +214,20 @@ class HttpApi:
             if len(data["messages"]) > limit:
                 raise too_large
             messages = [AIMessage.from_json_dict(m) for m in data["messages"]]
-            acks = await self.mesh.process_batch(messages, async_mode=mode == "async")
+            acks = await self.mesh.process_batch(
+                messages, async_mode=mode == "async", tenant_id=tenant_id
+            )
         if wants_protobuf(request):
             return Response(pb.acks_to_protobuf(acks), media_type=PROTOBUF)
         return ORJSONResponse({"acknowledgments": [a.to_json_dict() for a in acks]})
 
     async def get_message(self, request: Request) -> Response:
-        return ORJSONResponse(await self.mesh.get_message(request.path_params["message_id"]))
+        tenant_id = self.tenant_of(request)
+        message_id = request.path_params["message_id"]
+        return ORJSONResponse(await self.mesh.get_message(message_id, tenant_id=tenant_id))
 
     async def post_route(self, request: Request) -> Response:
+        """Dry run within the caller's tenant (its tier's route groups)."""
         msg = await self.read_message(request)
         decision = self.mesh.route(msg)
         return ORJSONResponse(decision_to_json(decision, msg.message_id))
@@ -190,10 +245,12 @@ class HttpApi:
         )
 
     async def list_endpoints(self, request: Request) -> Response:
+        self.caller(request)
         views = [self.mesh.endpoint_view(i) for i in sorted(self.mesh.endpoints)]
         return ORJSONResponse({"endpoints": views})
 
     async def get_endpoint(self, request: Request) -> Response:
+        self.caller(request)
         return ORJSONResponse(self.mesh.endpoint_view(request.path_params["endpoint_id"]))
 
     async def delete_endpoint(self, request: Request) -> Response:
@@ -204,27 +261,41 @@ class HttpApi:
     # -- budgets ----------------------------------------------------------------
 
     async def post_budget(self, request: Request) -> Response:
-        self.require_admin(request)
+        tenant_id = self.budget_scope(request)
         data = parse_json(await read_body(request, BUDGET_BODY_LIMIT))
         agent_id, tokens, reset_at, period_s = parse_budget_request(data)
-        info = await self.mesh.set_budget(agent_id, tokens, reset_at, period_s)
+        info = await self.mesh.set_budget(agent_id, tokens, reset_at, period_s, tenant_id=tenant_id)
         return ORJSONResponse(info.to_json_dict(), status_code=201)
 
     async def get_budget(self, request: Request) -> Response:
-        info = await self.mesh.get_budget(request.path_params["agent_id"])
+        tenant_id = self.tenant_of(request)
+        info = await self.mesh.get_budget(request.path_params["agent_id"], tenant_id=tenant_id)
         return ORJSONResponse(info.to_json_dict())
 
     async def reset_budget(self, request: Request) -> Response:
-        self.require_admin(request)
-        info = await self.mesh.reset_budget(request.path_params["agent_id"])
+        tenant_id = self.budget_scope(request)
+        info = await self.mesh.reset_budget(request.path_params["agent_id"], tenant_id=tenant_id)
         return ORJSONResponse(info.to_json_dict())
 
     # -- observability ------------------------------------------------------------
 
     async def stats(self, request: Request) -> Response:
-        return ORJSONResponse(self.mesh.metrics.stats())
+        """The whole gateway's figures; a tenant key sees only its tenant's
+        usage and quota."""
+        principal = self.caller(request)
+        if not principal.tenant_id:
+            return ORJSONResponse(self.mesh.metrics.stats())
+        tenant_id = principal.tenant_id
+        body = self.mesh.metrics.tenant_stats(tenant_id)
+        body["tier"] = self.mesh.tenants.get(tenant_id).tier
+        quota = await self.mesh.quota(tenant_id)
+        body["quota"] = quota_json(quota)
+        return ORJSONResponse(body)
 
     async def metrics(self, request: Request) -> Response:
+        # Labels name every tenant: only the operator may scrape them.
+        if self.auth.keys_required:
+            self.require_admin(request)
         return Response(
             self.mesh.metrics.prometheus_text(),
             media_type="text/plain; version=0.0.4; charset=utf-8",
@@ -247,7 +318,22 @@ class HttpApi:
         return ORJSONResponse(body, status_code=200 if ok else 503)
 
     async def openapi(self, request: Request) -> Response:
-        return ORJSONResponse(openapi_spec())
+        return ORJSONResponse(openapi_spec(list(self.mesh.config.tiers)))
+
+
+def quota_json(quota: BudgetInfo | None) -> dict[str, Any] | None:
+    """A tenant's monthly quota as callers see it (None: unlimited)."""
+    if quota is None:
+        return None
+    return {
+        "tokens_per_month": quota.initial_tokens,
+        "remaining_tokens": quota.remaining_tokens,
+        "reserved_tokens": quota.reserved_tokens,
+        "used_tokens": max(
+            0, quota.initial_tokens - quota.remaining_tokens - quota.reserved_tokens
+        ),
+        "resets_at": quota.reset_at,
+    }
 
 
 def _bearer(request: Request) -> str | None:
@@ -357,8 +443,10 @@ def create_app(
 
     from aimesh.server.dashboard import dashboard_routes  # imports this module
     from aimesh.server.openai_api import OpenAIFrontDoor  # imports this module
+    from aimesh.server.tenants_api import TenantsApi
 
     routes += OpenAIFrontDoor(api).routes()
+    routes += TenantsApi(api).routes()
     routes += dashboard_routes(api)
     app = Starlette(
         routes=routes,

@@ -93,6 +93,7 @@ def dashboard_state(mesh: AiMesh) -> dict[str, Any]:
     budgets = [
         {
             "agent_id": b.agent_id,
+            "tenant_id": tenant,
             "limit": b.initial_tokens,
             # BudgetInfo has no "used": remaining = limit - used - reserved,
             # floored at 0 (an overshoot then shows as fully used).
@@ -101,7 +102,7 @@ def dashboard_state(mesh: AiMesh) -> dict[str, Any]:
             "remaining": b.remaining_tokens,
             "reset_at": b.reset_at,
         }
-        for b in sorted(mesh.metrics_budgets(), key=lambda b: b.agent_id)
+        for tenant, b in sorted(mesh.metrics_budgets(), key=lambda tb: (tb[0], tb[1].agent_id))
     ]
     return {
         "server_time_ms": int(time.time() * 1000),

@@ -28,7 +28,6 @@ from aimesh.errors import AiMeshError, NotFoundError, ValidationError
 from aimesh.models import Acknowledgment, AckStatus, AIMessage, estimate_tokens
 from aimesh.server.app import (
     HttpApi,
-    _bearer,
     _wrap,
     parse_json,
     read_body,
@@ -62,19 +61,21 @@ class OpenAIFrontDoor:
         ]
 
     async def models(self, request: Request) -> Response:
-        self.api.auth.require_sender(_bearer(request))
+        """The route groups the caller's tier may use."""
+        tier = self.mesh.tenants.tier_of(self.api.tenant_of(request))
         data = [
             {"id": g, "object": "model", "created": 0, "owned_by": "aimesh"}
             for g in sorted(self.mesh.router.groups())
-            if g
+            if g and (tier is None or tier.allows_group(g))
         ]
         return Response(orjson.dumps({"object": "list", "data": data}), media_type=_JSON)
 
     async def chat(self, request: Request) -> Response:
-        self.api.auth.require_sender(_bearer(request))
+        tenant_id = self.api.tenant_of(request)
         body = await read_body(request, self.mesh.config.max_body_bytes)
         data = parse_json(body)
         msg = self._message(request, body, data)
+        msg.tenant_id = tenant_id
         if data.get("stream") is True:
             return await self._stream(msg)
         return _answer(await self.mesh.process_message(msg))

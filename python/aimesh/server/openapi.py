@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from aimesh import _native
@@ -14,6 +15,7 @@ from aimesh.models import (
     MAX_STRING_FIELD,
     MAX_U32,
 )
+from aimesh.tenancy.tiers import BUILTIN_TIERS
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -88,8 +90,8 @@ _MESSAGE_BODY = {
 }
 
 
-def openapi_spec() -> dict[str, Any]:
-    """The spec as a dict."""
+def openapi_spec(tiers: Sequence[str] = tuple(BUILTIN_TIERS)) -> dict[str, Any]:
+    """The spec as a dict (``tiers``: the tier names this server knows)."""
     return {
         "openapi": "3.1.0",
         "info": {
@@ -273,7 +275,7 @@ def openapi_spec() -> dict[str, Any]:
                 },
             },
         },
-        "paths": _paths(),
+        "paths": _paths(sorted(tiers)),
     }
 
 
@@ -290,7 +292,7 @@ def _ack(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _paths() -> dict[str, Any]:
+def _paths(tiers: list[str]) -> dict[str, Any]:
     admin: list[dict[str, list[str]]] = [{"bearerAuth": []}, {}]
     admin_errors = {
         "401": _err("Missing or bad admin key"),
@@ -450,9 +452,10 @@ def _paths() -> dict[str, Any]:
         "/budgets/{agent_id}": {
             "get": {
                 "summary": "An agent's budget",
-                "parameters": [_path("agent_id")],
+                "parameters": [_agent_path()],
                 "responses": {
                     "200": {"description": "OK", **_json(_ref("Budget"))},
+                    "400": _err("Invalid agent id"),
                     "404": _err("No budget"),
                 },
             }
@@ -461,9 +464,10 @@ def _paths() -> dict[str, Any]:
             "post": {
                 "summary": "Reset an agent's budget (admin)",
                 "security": admin,
-                "parameters": [_path("agent_id")],
+                "parameters": [_agent_path()],
                 "responses": {
                     "200": {"description": "OK", **_json(_ref("Budget"))},
+                    "400": _err("Invalid agent id"),
                     **admin_errors,
                     "404": _err("No budget"),
                 },
@@ -571,6 +575,7 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        **_tenant_paths(admin, admin_errors, tiers),
         "/dashboard/state": {
             "get": {
                 "summary": "Live snapshot for the dashboard page (/dashboard) — admin",
@@ -608,6 +613,144 @@ def _paths() -> dict[str, Any]:
             }
         },
     }
+
+
+_TENANT_ID = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"}
+
+
+def _tenant_paths(
+    admin: list[dict[str, list[str]]], admin_errors: dict[str, Any], tiers: list[str]
+) -> dict[str, Any]:
+    """``/tenants``: the admin manages tenants; a tenant key reads its own
+    tenant and manages its own keys (another tenant is a 404 to it)."""
+    tenant = {"type": "object", "required": ["tenant_id", "tier"]}
+    new_key = {
+        "type": "object",
+        "required": ["api_key", "key_id"],
+        "properties": {"api_key": {"type": "string"}, "key_id": {"type": "string"}},
+    }
+    own = [_path("tenant_id")]
+    unknown = {"404": _err("No such tenant (or not the caller's)")}
+    return {
+        "/tenants": {
+            "post": {
+                "summary": "Create a tenant and its first API key, shown once (admin)",
+                "security": admin,
+                "requestBody": _body(
+                    {
+                        "type": "object",
+                        "required": ["tenant_id"],
+                        "properties": {
+                            "tenant_id": _TENANT_ID,
+                            "tier": {"type": "string", "enum": tiers},
+                            "name": {"type": "string", "maxLength": 256},
+                        },
+                    }
+                ),
+                "responses": {
+                    "201": {
+                        "description": "Created; `api_key` is shown only here",
+                        **_json(tenant),
+                    },
+                    **_ERRORS,
+                    **admin_errors,
+                    "409": _err("The tenant exists"),
+                },
+            },
+            "get": {
+                "summary": "Every tenant (admin)",
+                "security": admin,
+                "responses": {
+                    "200": {"description": "OK", **_json({"type": "object"})},
+                    **admin_errors,
+                },
+            },
+        },
+        "/tenants/{tenant_id}": {
+            "get": {
+                "summary": "A tenant: tier, limits, keys (prefixes only), quota and usage",
+                "security": admin,
+                "parameters": own,
+                "responses": {
+                    "200": {"description": "OK", **_json(tenant)},
+                    "401": _err("Missing or bad key"),
+                    **unknown,
+                },
+            },
+            "patch": {
+                "summary": "Change a tenant's tier or name (admin)",
+                "security": admin,
+                "parameters": own,
+                "requestBody": _body(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "tier": {"type": "string", "enum": tiers},
+                            "name": {"type": "string", "maxLength": 256},
+                        },
+                    }
+                ),
+                "responses": {
+                    "200": {"description": "OK", **_json(tenant)},
+                    **_ERRORS,
+                    **admin_errors,
+                    **unknown,
+                },
+            },
+            "delete": {
+                "summary": "Disable a tenant: every key refused at once, data kept (admin)",
+                "security": admin,
+                "parameters": own,
+                "responses": {
+                    "200": {"description": "Disabled", **_json(tenant)},
+                    **admin_errors,
+                    **unknown,
+                },
+            },
+        },
+        "/tenants/{tenant_id}/keys": {
+            "post": {
+                "summary": "Another API key for the tenant, shown once (admin or the tenant)",
+                "security": admin,
+                "parameters": own,
+                "responses": {
+                    "201": {"description": "Created", **_json(new_key)},
+                    "401": _err("Missing or bad key"),
+                    **unknown,
+                    "409": _err("Tenant disabled or too many keys"),
+                },
+            },
+        },
+        "/tenants/{tenant_id}/rotate-key": {
+            "post": {
+                "summary": "A new key; every older key of the tenant is revoked at once",
+                "security": admin,
+                "parameters": own,
+                "responses": {
+                    "201": {"description": "Rotated", **_json(new_key)},
+                    "401": _err("Missing or bad key"),
+                    **unknown,
+                    "409": _err("Tenant disabled"),
+                },
+            },
+        },
+        "/tenants/{tenant_id}/keys/{key_id}": {
+            "delete": {
+                "summary": "Revoke one key, at once (admin or the tenant)",
+                "security": admin,
+                "parameters": [*own, _path("key_id")],
+                "responses": {
+                    "200": {"description": "Revoked", **_json({"type": "object"})},
+                    "401": _err("Missing or bad key"),
+                    "404": _err("No such tenant or active key"),
+                },
+            },
+        },
+    }
+
+
+def _agent_path() -> dict[str, Any]:
+    return {"name": "agent_id", "in": "path", "required": True, "schema": _AGENT_ID}
 
 
 def _path(name: str) -> dict[str, Any]:

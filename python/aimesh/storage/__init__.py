@@ -6,7 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aimesh.storage.base import DedupRecord, PutResult, Reservation, Storage, StoredMessage
+from aimesh.storage.base import (
+    BudgetStore,
+    DedupRecord,
+    PutResult,
+    Reservation,
+    Storage,
+    StoredMessage,
+)
 from aimesh.storage.sqlite import SqliteStorage
 
 
@@ -16,6 +23,7 @@ def open_storage(data_dir: Path, *, durable: bool = True) -> Storage:
 
 
 __all__ = [
+    "BudgetStore",
     "DedupRecord",
     "PutResult",
     "Reservation",

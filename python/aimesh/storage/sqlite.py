@@ -43,7 +43,14 @@ from aimesh.errors import (
     ServiceUnavailableError,
 )
 from aimesh.models import Acknowledgment, AckStatus, AIMessage, BudgetInfo, EndpointMetrics
-from aimesh.storage.base import DedupRecord, PutResult, Reservation, StoredMessage
+from aimesh.storage.base import (
+    DedupRecord,
+    PutResult,
+    Reservation,
+    StoredMessage,
+    next_reset,
+)
+from aimesh.tenancy.records import ApiKeyRecord, Tenant
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
@@ -57,12 +64,15 @@ class _Item:
     durable: bool
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_GROUP = 2048
 
-SCHEMA = """
+# Message ids are unique per tenant: two tenants may use the same id without
+# seeing (or conflicting with) each other. The default tenant is ''.
+MESSAGES_TABLE = """
 CREATE TABLE IF NOT EXISTS messages (
-    message_id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL DEFAULT '',
+    message_id TEXT NOT NULL,
     agent_id TEXT NOT NULL,
     body_hash BLOB NOT NULL,
     priority INTEGER NOT NULL,
@@ -71,8 +81,14 @@ CREATE TABLE IF NOT EXISTS messages (
     message BLOB NOT NULL,
     ack BLOB,
     created_at_ms INTEGER NOT NULL,
-    updated_at_ms INTEGER NOT NULL
+    updated_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, message_id)
 );
+"""
+
+SCHEMA = (
+    MESSAGES_TABLE
+    + """
 CREATE INDEX IF NOT EXISTS messages_pending
     ON messages (priority DESC, deadline_ms IS NULL, deadline_ms)
     WHERE status = 'received';
@@ -100,7 +116,39 @@ CREATE TABLE IF NOT EXISTS endpoints (
     endpoint_id TEXT PRIMARY KEY,
     config BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS tenants (
+    tenant_id TEXT PRIMARY KEY,
+    tier TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    disabled_at_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    key_hash TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    revoked_at_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS tenant_agents (
+    tenant_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, agent_id)
+);
 """
+)
+
+# Version 1 keyed messages by message_id alone (no tenants).
+MIGRATE_1_TO_2 = (
+    "ALTER TABLE messages RENAME TO messages_v1;"
+    + MESSAGES_TABLE
+    + "INSERT INTO messages (tenant_id, message_id, agent_id, body_hash, priority, deadline_ms,"
+    " status, message, ack, created_at_ms, updated_at_ms)"
+    " SELECT '', message_id, agent_id, body_hash, priority, deadline_ms, status, message, ack,"
+    " created_at_ms, updated_at_ms FROM messages_v1;"
+    "DROP TABLE messages_v1;"
+    "DROP INDEX IF EXISTS messages_pending;"
+)
 
 
 def _ack_bytes(ack: Acknowledgment | None) -> bytes | None:
@@ -167,7 +215,9 @@ class SqliteStorage:
             raise sqlite3.DatabaseError(
                 f"database schema {version} is newer than this AiMesh ({SCHEMA_VERSION})"
             )
-        if version < 1:
+        if version == 1:
+            conn.executescript("BEGIN;" + MIGRATE_1_TO_2 + "COMMIT;")
+        if version < SCHEMA_VERSION:
             conn.executescript(SCHEMA)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -289,7 +339,7 @@ class SqliteStorage:
         row = _message_row(msg, body_hash, status, ack, self._now_ms())
 
         def op(c: sqlite3.Connection) -> PutResult:
-            return _insert_message(c, row, msg.message_id, body_hash, status, ack)
+            return _insert_message(c, row, msg, body_hash, status, ack)
 
         # Accepting a message (status RECEIVED) is what must survive power loss.
         return await self._call(op, durable=status is AckStatus.RECEIVED)
@@ -298,37 +348,36 @@ class SqliteStorage:
         self, items: Sequence[tuple[AIMessage, bytes]]
     ) -> list[PutResult | AiMeshError]:
         now = self._now_ms()
-        rows = [
-            (_message_row(m, h, AckStatus.RECEIVED, None, now), m.message_id, h) for m, h in items
-        ]
+        rows = [(_message_row(m, h, AckStatus.RECEIVED, None, now), m, h) for m, h in items]
 
         def op(c: sqlite3.Connection) -> list[PutResult | AiMeshError]:
             out: list[PutResult | AiMeshError] = []
-            for row, message_id, body_hash in rows:
+            for row, msg, body_hash in rows:
                 try:
-                    out.append(
-                        _insert_message(c, row, message_id, body_hash, AckStatus.RECEIVED, None)
-                    )
+                    out.append(_insert_message(c, row, msg, body_hash, AckStatus.RECEIVED, None))
                 except ConflictError as e:
                     out.append(e)
             return out
 
         return await self._call(op, durable=True)
 
-    async def complete_message(self, message_id: str, ack: Acknowledgment) -> Acknowledgment:
+    async def complete_message(
+        self, message_id: str, ack: Acknowledgment, tenant_id: str = ""
+    ) -> Acknowledgment:
         now = self._now_ms()
         blob = _ack_bytes(ack)
 
         def op(c: sqlite3.Connection) -> Acknowledgment:
             cur = c.execute(
                 "UPDATE messages SET status = ?, ack = ?, updated_at_ms = ?"
-                " WHERE message_id = ? AND status = 'received'",
-                (ack.status.value, blob, now, message_id),
+                " WHERE tenant_id = ? AND message_id = ? AND status = 'received'",
+                (ack.status.value, blob, now, tenant_id, message_id),
             )
             if cur.rowcount == 1:
                 return ack
             row = c.execute(
-                "SELECT ack FROM messages WHERE message_id = ?", (message_id,)
+                "SELECT ack FROM messages WHERE tenant_id = ? AND message_id = ?",
+                (tenant_id, message_id),
             ).fetchone()
             if row is None:
                 raise NotFoundError("message_not_found", f"no message {message_id!r}")
@@ -336,17 +385,17 @@ class SqliteStorage:
 
         return await self._call(op)
 
-    async def get_message(self, message_id: str) -> StoredMessage | None:
+    async def get_message(self, message_id: str, tenant_id: str = "") -> StoredMessage | None:
         def op(c: sqlite3.Connection) -> StoredMessage | None:
             row = c.execute(
                 "SELECT message, status, ack, created_at_ms, updated_at_ms FROM messages"
-                " WHERE message_id = ?",
-                (message_id,),
+                " WHERE tenant_id = ? AND message_id = ?",
+                (tenant_id, message_id),
             ).fetchone()
             if row is None:
                 return None
             return StoredMessage(
-                AIMessage.from_protobuf(bytes(row[0])),
+                _stored_message(row[0], tenant_id),
                 AckStatus(row[1]),
                 _ack_from(row[2]),
                 row[3],
@@ -358,11 +407,11 @@ class SqliteStorage:
     async def pending_messages(self, limit: int) -> list[AIMessage]:
         def op(c: sqlite3.Connection) -> list[AIMessage]:
             rows = c.execute(
-                "SELECT message FROM messages WHERE status = 'received'"
+                "SELECT message, tenant_id FROM messages WHERE status = 'received'"
                 " ORDER BY priority DESC, deadline_ms IS NULL, deadline_ms, rowid LIMIT ?",
                 (limit,),
             ).fetchall()
-            return [AIMessage.from_protobuf(bytes(r[0])) for r in rows]
+            return [_stored_message(r[0], r[1]) for r in rows]
 
         return await self._call(op)
 
@@ -387,11 +436,7 @@ class SqliteStorage:
         limit, used, reserved, reset_at, period_s, last_reset_ms = row
         now = self.clock()
         if reset_at is not None and now >= reset_at:
-            if period_s:
-                missed = int((now - reset_at) // period_s) + 1
-                reset_at = reset_at + missed * period_s
-            else:
-                reset_at = None
+            reset_at = next_reset(reset_at, period_s, now)
             used, last_reset_ms = 0, int(now * 1000)
             c.execute(
                 "UPDATE budgets SET used = 0, reset_at = ?, last_reset_ms = ? WHERE agent_id = ?",
@@ -461,6 +506,17 @@ class SqliteStorage:
             if cur.rowcount == 0:
                 raise NotFoundError("budget_not_found", f"no budget for agent {agent_id!r}")
             return self._budget_or_404(c, agent_id)
+
+        return await self._call(op)
+
+    async def update_budget_limit(self, agent_id: str, tokens: int) -> BudgetInfo | None:
+        """Change a budget's limit, keeping what is used and reserved (a
+        tenant changing tier mid-month); None if there is no budget."""
+
+        def op(c: sqlite3.Connection) -> BudgetInfo | None:
+            c.execute("UPDATE budgets SET limit_tokens = ? WHERE agent_id = ?", (tokens, agent_id))
+            row = self._roll(c, agent_id)
+            return None if row is None else self._info(agent_id, row)
 
         return await self._call(op)
 
@@ -620,6 +676,87 @@ class SqliteStorage:
         )
         return [EndpointMetrics.from_json_dict(orjson.loads(r[0])) for r in rows]
 
+    # -- tenants and keys ---------------------------------------------------------
+
+    async def save_tenant(self, tenant: Tenant) -> None:
+        await self._call(
+            lambda c: c.execute(
+                "INSERT INTO tenants (tenant_id, tier, name, created_at_ms, disabled_at_ms)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(tenant_id) DO UPDATE SET tier = excluded.tier,"
+                " name = excluded.name, disabled_at_ms = excluded.disabled_at_ms",
+                (
+                    tenant.tenant_id,
+                    tenant.tier,
+                    tenant.name,
+                    tenant.created_at_ms,
+                    tenant.disabled_at_ms,
+                ),
+            ),
+            durable=True,
+        )
+
+    async def list_tenants(self) -> list[Tenant]:
+        rows = await self._call(
+            lambda c: c.execute(
+                "SELECT tenant_id, tier, name, created_at_ms, disabled_at_ms FROM tenants"
+                " ORDER BY tenant_id"
+            ).fetchall()
+        )
+        return [Tenant(*r) for r in rows]
+
+    async def save_api_key(self, key: ApiKeyRecord) -> None:
+        await self._call(
+            lambda c: c.execute(
+                "INSERT INTO api_keys (key_id, tenant_id, key_hash, created_at_ms, revoked_at_ms)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (key.key_id, key.tenant_id, key.key_hash, key.created_at_ms, key.revoked_at_ms),
+            ),
+            durable=True,
+        )
+
+    async def revoke_api_keys(
+        self, tenant_id: str, key_ids: Sequence[str] | None, at_ms: int
+    ) -> list[str]:
+        """Revoke the tenant's active keys among ``key_ids`` (all when None);
+        answer the ids revoked."""
+
+        def op(c: sqlite3.Connection) -> list[str]:
+            rows = c.execute(
+                "SELECT key_id FROM api_keys WHERE tenant_id = ? AND revoked_at_ms IS NULL",
+                (tenant_id,),
+            ).fetchall()
+            ids = [r[0] for r in rows if key_ids is None or r[0] in key_ids]
+            c.executemany(
+                "UPDATE api_keys SET revoked_at_ms = ? WHERE key_id = ?", [(at_ms, i) for i in ids]
+            )
+            return ids
+
+        # Revocation must survive a crash the moment it is answered.
+        return await self._call(op, durable=True)
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        rows = await self._call(
+            lambda c: c.execute(
+                "SELECT key_id, tenant_id, key_hash, created_at_ms, revoked_at_ms FROM api_keys"
+                " ORDER BY created_at_ms, key_id"
+            ).fetchall()
+        )
+        return [ApiKeyRecord(*r) for r in rows]
+
+    async def add_tenant_agent(self, tenant_id: str, agent_id: str) -> None:
+        await self._call(
+            lambda c: c.execute(
+                "INSERT OR IGNORE INTO tenant_agents (tenant_id, agent_id) VALUES (?, ?)",
+                (tenant_id, agent_id),
+            )
+        )
+
+    async def list_tenant_agents(self) -> list[tuple[str, str]]:
+        rows = await self._call(
+            lambda c: c.execute("SELECT tenant_id, agent_id FROM tenant_agents").fetchall()
+        )
+        return [(r[0], r[1]) for r in rows]
+
 
 def _unavailable(e: Exception) -> ServiceUnavailableError:
     return ServiceUnavailableError("storage_unavailable", f"storage error: {e}", retry_after=1)
@@ -635,16 +772,24 @@ def _resolve(fut: asyncio.Future[Any], value: Any, error: BaseException | None) 
 
 
 _INSERT_MESSAGE = (
-    "INSERT OR IGNORE INTO messages (message_id, agent_id, body_hash, priority,"
+    "INSERT OR IGNORE INTO messages (tenant_id, message_id, agent_id, body_hash, priority,"
     " deadline_ms, status, message, ack, created_at_ms, updated_at_ms)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 )
+
+
+def _stored_message(blob: bytes, tenant_id: str) -> AIMessage:
+    # The tenant is not part of the wire form: it comes from the row.
+    msg = AIMessage.from_protobuf(bytes(blob))
+    msg.tenant_id = tenant_id
+    return msg
 
 
 def _message_row(
     msg: AIMessage, body_hash: bytes, status: AckStatus, ack: Acknowledgment | None, now: int
 ) -> tuple[Any, ...]:
     return (
+        msg.tenant_id,
         msg.message_id,
         msg.agent_id,
         body_hash,
@@ -661,20 +806,22 @@ def _message_row(
 def _insert_message(
     c: sqlite3.Connection,
     row: tuple[Any, ...],
-    message_id: str,
+    msg: AIMessage,
     body_hash: bytes,
     status: AckStatus,
     ack: Acknowledgment | None,
 ) -> PutResult:
-    """Insert if absent; an existing id answers its stored state, or a
-    conflict when its body differs."""
+    """Insert if absent; an existing id (of the same tenant) answers its
+    stored state, or a conflict when its body differs."""
     if c.execute(_INSERT_MESSAGE, row).rowcount == 1:
         return PutResult(True, status, ack)
     stored = c.execute(
-        "SELECT body_hash, status, ack FROM messages WHERE message_id = ?", (message_id,)
+        "SELECT body_hash, status, ack FROM messages WHERE tenant_id = ? AND message_id = ?",
+        (msg.tenant_id, msg.message_id),
     ).fetchone()
     if bytes(stored[0]) != body_hash:
         raise ConflictError(
-            "message_id_conflict", f"message_id {message_id} was already used with another body"
+            "message_id_conflict",
+            f"message_id {msg.message_id} was already used with another body",
         )
     return PutResult(False, AckStatus(stored[1]), _ack_from(stored[2]))

@@ -1,0 +1,164 @@
+"""Tenants and their API keys, in memory for the hot path and in storage
+for durability. Every change is written before it is answered; a
+revocation takes effect in memory first, so no request is admitted with a
+key after its revocation began."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from aimesh.errors import AuthenticationError, ConflictError, NotFoundError, ValidationError
+from aimesh.tenancy import keys
+from aimesh.tenancy.records import ApiKeyRecord, Tenant, check_tenant_id
+from aimesh.tenancy.tiers import Tier
+
+if TYPE_CHECKING:
+    from aimesh.storage.base import Storage
+
+#: Active keys one tenant may hold at once (rotation overlaps two).
+MAX_KEYS_PER_TENANT = 16
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class TenantRegistry:
+    """Who the tenants are, their tiers and keys."""
+
+    def __init__(self, tiers: dict[str, Tier]) -> None:
+        self.tiers = tiers
+        self.tenants: dict[str, Tenant] = {}
+        self._keys: dict[str, ApiKeyRecord] = {}
+
+    async def load(self, storage: Storage) -> None:
+        self.tenants = {t.tenant_id: t for t in await storage.list_tenants()}
+        self._keys = {k.key_id: k for k in await storage.list_api_keys()}
+
+    # -- lookups ------------------------------------------------------------------
+
+    def authenticate(self, token: str) -> Tenant | None:
+        """The tenant of a tenant key; None if ``token`` is not shaped like
+        one; ``AuthenticationError`` if it is unknown, revoked or its tenant
+        is disabled (one answer for all three: no oracle)."""
+        key_id = keys.key_id_of(token)
+        if key_id is None:
+            return None
+        record = self._keys.get(key_id)
+        # Hash even when the id is unknown, so timing does not tell them apart.
+        ok = keys.matches(token, record.key_hash if record else "0" * 64)
+        tenant = self.tenants.get(record.tenant_id) if record else None
+        if not ok or record is None or not record.active or tenant is None or not tenant.active:
+            raise AuthenticationError("invalid_api_key", "the key is not valid")
+        return tenant
+
+    def key_active(self, key_id: str) -> bool:
+        record = self._keys.get(key_id)
+        if record is None or not record.active:
+            return False
+        tenant = self.tenants.get(record.tenant_id)
+        return tenant is not None and tenant.active
+
+    def get(self, tenant_id: str) -> Tenant:
+        tenant = self.tenants.get(tenant_id)
+        if tenant is None:
+            raise NotFoundError("tenant_not_found", f"no tenant {tenant_id!r}")
+        return tenant
+
+    def tier(self, name: str) -> Tier:
+        tier = self.tiers.get(name)
+        if tier is None:
+            raise ValidationError(
+                "invalid_tier", f"tier must be one of {', '.join(sorted(self.tiers))}"
+            )
+        return tier
+
+    def tier_of(self, tenant_id: str) -> Tier | None:
+        """The tier of a tenant; None for the default tenant."""
+        tenant = self.tenants.get(tenant_id)
+        return None if tenant is None else self.tiers.get(tenant.tier)
+
+    def keys_of(self, tenant_id: str) -> list[ApiKeyRecord]:
+        return [k for k in self._keys.values() if k.tenant_id == tenant_id]
+
+    # -- changes ------------------------------------------------------------------
+
+    async def create(
+        self, storage: Storage, tenant_id: str, tier: str, name: str = ""
+    ) -> tuple[Tenant, str]:
+        """A new tenant and its first key (the key is returned once)."""
+        check_tenant_id(tenant_id)
+        self.tier(tier)
+        if tenant_id in self.tenants:
+            raise ConflictError("tenant_exists", f"tenant {tenant_id!r} already exists")
+        tenant = Tenant(tenant_id, tier, name, _now_ms())
+        await storage.save_tenant(tenant)
+        self.tenants[tenant_id] = tenant
+        return tenant, await self.mint_key(storage, tenant_id)
+
+    async def ensure(self, storage: Storage, tenant_id: str, tier: str, name: str = "") -> None:
+        """A tenant from the config file: created (without a key) if absent."""
+        check_tenant_id(tenant_id)
+        self.tier(tier)
+        if tenant_id not in self.tenants:
+            tenant = Tenant(tenant_id, tier, name, _now_ms())
+            await storage.save_tenant(tenant)
+            self.tenants[tenant_id] = tenant
+
+    async def mint_key(self, storage: Storage, tenant_id: str) -> str:
+        """Another key for the tenant; the others stay valid."""
+        if not self.get(tenant_id).active:
+            raise ConflictError("tenant_disabled", f"tenant {tenant_id!r} is disabled")
+        if sum(k.active for k in self.keys_of(tenant_id)) >= MAX_KEYS_PER_TENANT:
+            raise ConflictError(
+                "too_many_keys", f"a tenant holds at most {MAX_KEYS_PER_TENANT} active keys"
+            )
+        key_id, key = keys.generate_key()
+        record = ApiKeyRecord(key_id, tenant_id, keys.key_hash(key), _now_ms())
+        await storage.save_api_key(record)
+        self._keys[key_id] = record
+        return key
+
+    async def rotate(self, storage: Storage, tenant_id: str) -> str:
+        """A new key; every older key of the tenant is revoked."""
+        old = [k.key_id for k in self.keys_of(tenant_id) if k.active]
+        key = await self.mint_key(storage, tenant_id)
+        await self.revoke(storage, tenant_id, old)
+        return key
+
+    async def revoke(
+        self, storage: Storage, tenant_id: str, key_ids: list[str] | None = None
+    ) -> list[str]:
+        """Revoke some (or all) of the tenant's keys, at once."""
+        self.get(tenant_id)
+        targets = [
+            k
+            for k in self.keys_of(tenant_id)
+            if k.active and (key_ids is None or k.key_id in key_ids)
+        ]
+        if key_ids is not None and len(targets) != len(set(key_ids)):
+            raise NotFoundError("key_not_found", "no such active key for this tenant")
+        at = _now_ms()
+        # Memory first: from here on the key is refused, even while the
+        # write is in flight (and if it fails, the key stays refused).
+        for k in targets:
+            k.revoked_at_ms = at
+        await storage.revoke_api_keys(tenant_id, [k.key_id for k in targets], at)
+        return [k.key_id for k in targets]
+
+    async def set_tier(self, storage: Storage, tenant_id: str, tier: str) -> Tenant:
+        self.tier(tier)
+        tenant = self.get(tenant_id)
+        tenant.tier = tier
+        await storage.save_tenant(tenant)
+        return tenant
+
+    async def disable(self, storage: Storage, tenant_id: str) -> Tenant:
+        """Disable a tenant: every key is refused at once; its data stays."""
+        tenant = self.get(tenant_id)
+        if tenant.disabled_at_ms is None:
+            tenant.disabled_at_ms = _now_ms()
+        await storage.save_tenant(tenant)
+        await self.revoke(storage, tenant_id)
+        return tenant
