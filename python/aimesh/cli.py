@@ -1,5 +1,5 @@
 """The ``aimesh`` command line: run the server or the upstream simulator, and
-talk to a running server (send, route, endpoints, budgets, stats)."""
+talk to a running server (send, route, endpoints, budgets, tenants, stats)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ environment:
   AIMESH_CONFIG          TOML config file (endpoints, budgets, limits)
   AIMESH_BIND_ADDR       HTTP listen address (default 0.0.0.0:9000)
   AIMESH_DATA_DIR        SQLite data directory (default ./.aimesh-data)
-  AIMESH_ADMIN_KEY       bearer key guarding endpoint/budget changes
+  AIMESH_ADMIN_KEY       the operator's admin key: guards tenant, endpoint and budget
+                         changes (client commands send it when $AIMESH_API_KEY is unset)
+  AIMESH_API_KEY         bearer key for client commands (a tenant key amk_... or the admin key)
   AIMESH_RATE_LIMIT_RPS  per-agent requests per second (default 100)
   AIMESH_DEDUP_TTL       dedup window in seconds (default 3600)
   AIMESH_URL             server URL for client commands (default http://127.0.0.1:9000)
@@ -34,6 +36,7 @@ examples:
   aimesh send --agent my-agent "Hello, AI!"
   aimesh endpoints add http://127.0.0.1:8101 --group gpt-4o --cost 2.5
   aimesh budgets set my-agent 100000
+  aimesh tenants create acme --tier pro         # with $AIMESH_ADMIN_KEY; prints acme's key once
 """
 
 
@@ -217,6 +220,37 @@ def cmd_budgets(args: argparse.Namespace) -> int:
     return 0
 
 
+KEY_NOTE = "note: store this key now: it is not shown again"
+
+
+def cmd_tenants(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.action == "create":
+            out = client.create_tenant(args.tenant_id, args.tier, args.name)
+        elif args.action == "list":
+            out = client.list_tenants()
+        elif args.action == "show":
+            out = client.get_tenant(args.tenant_id)
+        elif args.action == "set-tier":
+            out = client.update_tenant(args.tenant_id, tier=args.tier)
+        elif args.action == "add-key":
+            out = client.create_key(args.tenant_id)
+        elif args.action == "rotate-key":
+            out = client.rotate_key(args.tenant_id)
+        elif args.key_id:  # revoke one key
+            out = client.revoke_key(args.tenant_id, args.key_id)
+        else:  # revoke the whole tenant: disabled, every key refused at once
+            out = client.disable_tenant(args.tenant_id)
+    if isinstance(out, dict) and "api_key" in out:
+        # The key first, where a person (or `jq .api_key`) finds it.
+        out = {"api_key": out["api_key"], **{k: v for k, v in out.items() if k != "api_key"}}
+        _print(out)
+        print(f"{KEY_NOTE} (key id {out.get('key_id', '?')})", file=sys.stderr)
+    else:
+        _print(out)
+    return 0
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     with _client(args) as client:
         _print(client.get_stats())
@@ -236,7 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--url", default=os.environ.get("AIMESH_URL", DEFAULT_URL), help="server URL"
         )
-        p.add_argument("--api-key", default=None, help="bearer key (default: $AIMESH_API_KEY)")
+        p.add_argument(
+            "--api-key",
+            default=None,
+            help="bearer key (default: $AIMESH_API_KEY, else $AIMESH_ADMIN_KEY)",
+        )
         p.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
 
     p = sub.add_parser("serve", help="run the gateway (HTTP API)")
@@ -319,6 +357,44 @@ def build_parser() -> argparse.ArgumentParser:
         b.add_argument("agent_id")
         client_opts(b)
     p.set_defaults(fn=cmd_budgets)
+
+    p = sub.add_parser(
+        "tenants",
+        help="create, list, show, re-tier tenants; mint, rotate or revoke their keys",
+        description="Manage tenants and their API keys. Most actions need the admin key "
+        "($AIMESH_ADMIN_KEY); show, add-key, rotate-key and revoke --key-id also accept "
+        "the tenant's own key. A new key is printed once and never again.",
+    )
+    tsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    t = tsub.add_parser("create", help="create a tenant and print its first key (once)")
+    t.add_argument("tenant_id", help="1-63 chars of [a-z0-9_-], starting with a letter or digit")
+    t.add_argument("--tier", default="free", help="free, starter, pro, enterprise (default free)")
+    t.add_argument("--name", default="", help="display name")
+    client_opts(t)
+    t = tsub.add_parser("list", help="list tenants")
+    client_opts(t)
+    t = tsub.add_parser("show", help="a tenant: tier limits, keys (by prefix), quota, usage")
+    t.add_argument("tenant_id")
+    client_opts(t)
+    t = tsub.add_parser("set-tier", help="change a tenant's tier")
+    t.add_argument("tenant_id")
+    t.add_argument("tier")
+    client_opts(t)
+    t = tsub.add_parser("rotate-key", help="print a new key (once); every older key is revoked")
+    t.add_argument("tenant_id")
+    client_opts(t)
+    t = tsub.add_parser("add-key", help="print an additional key (once); the others stay valid")
+    t.add_argument("tenant_id")
+    client_opts(t)
+    t = tsub.add_parser(
+        "revoke", help="revoke one key (--key-id), or disable the tenant and all its keys"
+    )
+    t.add_argument("tenant_id")
+    t.add_argument(
+        "--key-id", default=None, help="the key to revoke (default: disable the whole tenant)"
+    )
+    client_opts(t)
+    p.set_defaults(fn=cmd_tenants)
 
     p = sub.add_parser("stats", help="counts, tokens, cost and latency percentiles")
     client_opts(p)

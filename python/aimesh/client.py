@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 import orjson
@@ -103,6 +103,11 @@ def _text(r: httpx.Response) -> str:
     return r.text
 
 
+def _seg(value: str) -> str:
+    """One URL path segment, quoted (a ``/`` or ``?`` in an id stays in it)."""
+    return quote(value, safe="")
+
+
 class _Calls:
     """Every API call, described once for both clients."""
 
@@ -159,6 +164,44 @@ class _Calls:
     @staticmethod
     def reset_budget(agent_id: str) -> _Call[BudgetInfo]:
         return _Call("POST", f"/budgets/{agent_id}/reset", _budget)
+
+    @staticmethod
+    def create_tenant(tenant_id: str, tier: str, name: str) -> _Call[dict[str, Any]]:
+        body = {"tenant_id": tenant_id, "tier": tier, "name": name}
+        return _Call("POST", "/tenants", _json, body)
+
+    @staticmethod
+    def list_tenants() -> _Call[list[dict[str, Any]]]:
+        return _Call("GET", "/tenants", lambda r: r.json()["tenants"])
+
+    @staticmethod
+    def get_tenant(tenant_id: str) -> _Call[dict[str, Any]]:
+        return _Call("GET", f"/tenants/{_seg(tenant_id)}", _json)
+
+    @staticmethod
+    def update_tenant(tenant_id: str, tier: str | None, name: str | None) -> _Call[dict[str, Any]]:
+        body: dict[str, Any] = {}
+        if tier is not None:
+            body["tier"] = tier
+        if name is not None:
+            body["name"] = name
+        return _Call("PATCH", f"/tenants/{_seg(tenant_id)}", _json, body)
+
+    @staticmethod
+    def disable_tenant(tenant_id: str) -> _Call[dict[str, Any]]:
+        return _Call("DELETE", f"/tenants/{_seg(tenant_id)}", _json)
+
+    @staticmethod
+    def create_key(tenant_id: str) -> _Call[dict[str, Any]]:
+        return _Call("POST", f"/tenants/{_seg(tenant_id)}/keys", _json)
+
+    @staticmethod
+    def rotate_key(tenant_id: str) -> _Call[dict[str, Any]]:
+        return _Call("POST", f"/tenants/{_seg(tenant_id)}/rotate-key", _json)
+
+    @staticmethod
+    def revoke_key(tenant_id: str, key_id: str) -> _Call[dict[str, Any]]:
+        return _Call("DELETE", f"/tenants/{_seg(tenant_id)}/keys/{_seg(key_id)}", _json)
 
     @staticmethod
     def get_stats() -> _Call[dict[str, Any]]:
@@ -324,6 +367,44 @@ class AiMeshClient:
     def reset_budget(self, agent_id: str) -> BudgetInfo:
         return self._do(_Calls.reset_budget(agent_id))
 
+    def create_tenant(self, tenant_id: str, tier: str = "free", name: str = "") -> dict[str, Any]:
+        """Create a tenant (admin key). The answer holds its first key in
+        ``api_key``: it is shown this once and never again."""
+        return self._do(_Calls.create_tenant(tenant_id, tier, name))
+
+    def list_tenants(self) -> list[dict[str, Any]]:
+        """Every tenant (admin key), without keys."""
+        return self._do(_Calls.list_tenants())
+
+    def get_tenant(self, tenant_id: str) -> dict[str, Any]:
+        """A tenant with its tier limits, keys (by prefix only), quota and
+        usage (admin key, or the tenant's own key)."""
+        return self._do(_Calls.get_tenant(tenant_id))
+
+    def update_tenant(
+        self, tenant_id: str, *, tier: str | None = None, name: str | None = None
+    ) -> dict[str, Any]:
+        """Change a tenant's tier and/or name (admin key)."""
+        return self._do(_Calls.update_tenant(tenant_id, tier, name))
+
+    def disable_tenant(self, tenant_id: str) -> dict[str, Any]:
+        """Disable a tenant (admin key): every key of it is refused at once."""
+        return self._do(_Calls.disable_tenant(tenant_id))
+
+    def create_key(self, tenant_id: str) -> dict[str, Any]:
+        """Another key for the tenant (``api_key``, ``key_id``); the others
+        stay valid. The key is shown this once."""
+        return self._do(_Calls.create_key(tenant_id))
+
+    def rotate_key(self, tenant_id: str) -> dict[str, Any]:
+        """A new key for the tenant; every older key is revoked (their ids
+        in ``revoked``). The key is shown this once."""
+        return self._do(_Calls.rotate_key(tenant_id))
+
+    def revoke_key(self, tenant_id: str, key_id: str) -> dict[str, Any]:
+        """Revoke one key of the tenant, at once."""
+        return self._do(_Calls.revoke_key(tenant_id, key_id))
+
     def get_stats(self) -> dict[str, Any]:
         return self._do(_Calls.get_stats())
 
@@ -418,6 +499,34 @@ class AsyncAiMeshClient:
 
     async def reset_budget(self, agent_id: str) -> BudgetInfo:
         return await self._do(_Calls.reset_budget(agent_id))
+
+    async def create_tenant(
+        self, tenant_id: str, tier: str = "free", name: str = ""
+    ) -> dict[str, Any]:
+        return await self._do(_Calls.create_tenant(tenant_id, tier, name))
+
+    async def list_tenants(self) -> list[dict[str, Any]]:
+        return await self._do(_Calls.list_tenants())
+
+    async def get_tenant(self, tenant_id: str) -> dict[str, Any]:
+        return await self._do(_Calls.get_tenant(tenant_id))
+
+    async def update_tenant(
+        self, tenant_id: str, *, tier: str | None = None, name: str | None = None
+    ) -> dict[str, Any]:
+        return await self._do(_Calls.update_tenant(tenant_id, tier, name))
+
+    async def disable_tenant(self, tenant_id: str) -> dict[str, Any]:
+        return await self._do(_Calls.disable_tenant(tenant_id))
+
+    async def create_key(self, tenant_id: str) -> dict[str, Any]:
+        return await self._do(_Calls.create_key(tenant_id))
+
+    async def rotate_key(self, tenant_id: str) -> dict[str, Any]:
+        return await self._do(_Calls.rotate_key(tenant_id))
+
+    async def revoke_key(self, tenant_id: str, key_id: str) -> dict[str, Any]:
+        return await self._do(_Calls.revoke_key(tenant_id, key_id))
 
     async def get_stats(self) -> dict[str, Any]:
         return await self._do(_Calls.get_stats())

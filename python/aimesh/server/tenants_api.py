@@ -102,12 +102,16 @@ class TenantsApi:
         tenant_id = self._own(request)
         data = await self._body(request)
         tenant = self.registry.get(tenant_id)
-        if "tier" in data:
-            await self.registry.set_tier(self.mesh.storage, tenant_id, _text(data, "tier", ""))
-            await self.mesh.sync_quota(tenant_id)
-        if "name" in data:
-            tenant.name = _text(data, "name", "")
+        # Every field is checked before anything changes (no half update).
+        tier = _text(data, "tier", tenant.tier)
+        self.registry.tier(tier)
+        name = _text(data, "name", tenant.name)
+        if name != tenant.name:
+            tenant.name = name
             await self.mesh.storage.save_tenant(tenant)
+        if tier != tenant.tier:
+            await self.registry.set_tier(self.mesh.storage, tenant_id, tier)
+            await self.mesh.sync_quota(tenant_id)
         return ORJSONResponse(await self._view(tenant_id))
 
     async def disable(self, request: Request) -> Response:
