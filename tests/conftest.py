@@ -9,6 +9,14 @@ from typing import Any
 import pytest
 
 from tests.gateway import Gateway, Sim, make_gateway, start_sim
+from tests.redis_server import RedisServer
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A fresh, empty redis-server (Debian's) on a free loopback port."""
+    with RedisServer() as server:
+        yield server
 
 
 @pytest.fixture

@@ -337,6 +337,45 @@ def test_unauthenticated_streams_are_closed(sim: Sim, tmp_path: Path) -> None:
         g.stop()
 
 
+def test_tenant_keys_scope_quic_messages_and_revocation_ends_them(sim: Sim, tmp_path: Path) -> None:
+    """A tenant key in the hello puts the connection's messages in that
+    tenant; revoking the key refuses the next frame on an open stream."""
+    admin = "quic-admin-key-tenants-0123456789"
+    g = make_gateway(
+        tmp_path,
+        [{"endpoint_id": "sim", "url": sim.url, "kind": "openai"}],
+        env={"AIMESH_ADMIN_KEY": admin},
+    ).start()
+    h = {"Authorization": f"Bearer {admin}"}
+    try:
+        with g.client() as c:
+            key = c.post("/tenants", json={"tenant_id": "quic-t", "tier": "pro"}, headers=h).json()[
+                "api_key"
+            ]
+
+        async def scenario() -> None:
+            async with QuicClient(
+                "127.0.0.1", g.quic_port, api_key=key, cafile=str(g.certificate)
+            ) as qc:
+                m = msg(1)
+                assert (await qc.send(m, async_mode=True)).status is AckStatus.RECEIVED
+                with g.client() as c:
+                    # The message is the tenant's: found with its key, not
+                    # in the default tenant.
+                    tenant_h = {"Authorization": f"Bearer {key}"}
+                    assert c.get(f"/messages/{m.message_id}", headers=tenant_h).status_code == 200
+                    assert c.get(f"/messages/{m.message_id}", headers=h).status_code == 404
+                    r = c.post("/tenants/quic-t/rotate-key", headers=tenant_h)
+                    assert r.status_code == 201
+                with pytest.raises(AuthenticationError):
+                    await qc.send(msg(2))
+
+        asyncio.run(scenario())
+        assert key not in g.log_text()
+    finally:
+        g.stop()
+
+
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_client_reconnects_after_server_restart(sim: Sim, tmp_path: Path, how: str) -> None:
     g = make_gateway(tmp_path, [{"endpoint_id": "sim", "url": sim.url, "kind": "openai"}]).start()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import calendar
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +33,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """A fresh, empty redis-server on a free loopback port."""
-    with RedisServer() as server:
-        yield server
 
 
 Factory = Callable[..., Awaitable[RedisSharedState]]

@@ -307,11 +307,18 @@ class HttpApi:
     async def ready(self, request: Request) -> Response:
         if not self.mesh.ready:
             return ORJSONResponse({"status": "not_ready"}, status_code=503)
-        ok = await self.mesh.storage.healthy()
+        stored = await self.mesh.storage.healthy()
+        # Budgets and limits refuse every message while Redis is away.
+        shared = self.mesh.shared is None or await self.mesh.shared.healthy()
+        ok = stored and shared
         routable = [s for s in self.mesh.router.endpoints() if s.health != "unhealthy"]
+        status = (
+            "ready" if ok else "storage_unavailable" if not stored else "shared_state_unavailable"
+        )
         body = {
-            "status": "ready" if ok else "storage_unavailable",
-            "storage": ok,
+            "status": status,
+            "storage": stored,
+            "shared_state": None if self.mesh.shared is None else shared,
             "endpoints": len(self.mesh.endpoints),
             "routable_endpoints": len(routable),
         }
