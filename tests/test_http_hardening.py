@@ -92,6 +92,10 @@ def test_protocol_limits_are_checked() -> None:
     for bad in ((0, 1000), (1.0, 0), (-1, 10)):
         with pytest.raises(ValueError):
             guarded_protocol(*bad)
+    with pytest.raises(ValueError):
+        guarded_protocol(1.0, body_timeout=0)
+    with pytest.raises(ValueError):
+        guarded_protocol(1.0, max_connections_per_ip=-1)
 
 
 @pytest.fixture
@@ -194,3 +198,43 @@ def test_slow_answers_and_slow_bodies_are_not_cut(gw: Gateway) -> None:
 
         r = c.post("/route", content=dribble(), headers={"content-type": "application/json"})
         assert r.status_code == 200, r.text
+
+
+def test_slow_bodies_and_too_many_connections_are_cut(
+    sims: Callable[..., Sim], gateways: Callable[..., Gateway]
+) -> None:
+    """With a body deadline of 1 s a dribbled body is answered 408 and cut;
+    past the per-address connection cap a new connection gets 503."""
+    sim = sims("--latency-ms", "1")
+    g = gateways(
+        [openai_endpoint(sim, "sim")],
+        env={"AIMESH_BODY_TIMEOUT_S": "1", "AIMESH_MAX_CONNECTIONS_PER_IP": "4"},
+    )
+    head = (
+        b"POST /messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100\r\n\r\n"
+    )
+    out, took = raw(g.port, head + b'{"agent_id": ', wait=6)
+    assert out.startswith(b"HTTP/1.1 408"), out[:200]
+    assert orjson.loads(out.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "body_timeout"
+    assert 0.9 <= took < 3
+    # Four idle connections hold the cap; the fifth is refused at once.
+    held = [socket.create_connection(("127.0.0.1", g.port), timeout=5) for _ in range(4)]
+    try:
+        time.sleep(0.2)
+        out, took = raw(g.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", wait=5)
+        assert out.startswith(b"HTTP/1.1 503"), out[:200]
+        assert b"too_many_connections" in out and took < 2
+    finally:
+        for s in held:
+            s.close()
+    # Closed connections free their places.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if httpx.get(f"{g.url}/health", timeout=2).status_code == 200:
+            break
+        time.sleep(0.05)
+    with g.client() as c:
+        r = c.post("/messages", json={"agent_id": "a", "payload_text": "after"})
+        assert r.status_code == 200
+    assert "Traceback" not in g.log_text()

@@ -66,6 +66,11 @@ class AiMeshConfig:
     admin_key: str = ""
     # HTTP: a request's line and headers must arrive within this (slowloris)
     header_timeout_s: float = 10.0
+    # HTTP: a request's whole body must arrive within this after its head
+    body_timeout_s: float = 30.0
+    # HTTP: open connections from one address (0 = no cap; behind a reverse
+    # proxy every connection comes from the proxy's address)
+    max_connections_per_ip: int = 1024
     # QUIC transport ("off" in quic_addr disables it)
     tls_cert: str = ""  # empty: a self-signed one is made in data_dir
     tls_key: str = ""
@@ -186,8 +191,12 @@ class AiMeshConfig:
             raise ValidationError("invalid_config", "routing weights must be >= 0")
         if min(self.quic_max_streams, self.quic_max_connections_per_peer) <= 0:
             raise ValidationError("invalid_config", "QUIC stream and connection limits must be > 0")
-        if self.header_timeout_s <= 0:
-            raise ValidationError("invalid_config", "header_timeout_s must be > 0")
+        if self.header_timeout_s <= 0 or self.body_timeout_s <= 0:
+            raise ValidationError(
+                "invalid_config", "header_timeout_s and body_timeout_s must be > 0"
+            )
+        if self.max_connections_per_ip < 0:
+            raise ValidationError("invalid_config", "max_connections_per_ip must be >= 0")
         if self.quic_max_pending_per_stream <= 0 or self.quic_idle_timeout_s <= 0:
             raise ValidationError("invalid_config", "QUIC pending and idle limits must be > 0")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -209,6 +218,8 @@ _SCALARS: dict[str, type] = {
     "redis_url": str,
     "admin_key": str,
     "header_timeout_s": float,
+    "body_timeout_s": float,
+    "max_connections_per_ip": int,
     "tls_cert": str,
     "tls_key": str,
     "quic_idle_timeout_s": float,
@@ -246,6 +257,8 @@ _ENV: dict[str, str] = {
     "AIMESH_REDIS_URL": "redis_url",
     "AIMESH_ADMIN_KEY": "admin_key",
     "AIMESH_HEADER_TIMEOUT_S": "header_timeout_s",
+    "AIMESH_BODY_TIMEOUT_S": "body_timeout_s",
+    "AIMESH_MAX_CONNECTIONS_PER_IP": "max_connections_per_ip",
     "AIMESH_TLS_CERT": "tls_cert",
     "AIMESH_TLS_KEY": "tls_key",
     "AIMESH_RATE_LIMIT_RPS": "rate_limit_rps",

@@ -96,6 +96,12 @@ class PayloadTooLargeError(AiMeshError):
     default_code = "payload_too_large"
 
 
+class RequestTimeoutError(AiMeshError):
+    """The request did not arrive in time (408)."""
+
+    status = 408
+
+
 class RateLimitError(AiMeshError):
     """Too many requests; retry after ``retry_after`` seconds."""
 
@@ -152,6 +158,14 @@ _CLASS_OF_CODE: dict[str, type[AiMeshError]] = {
     "no_endpoint_available": RoutingError,
     "draining": ServiceUnavailableError,
     "storage_unavailable": ServiceUnavailableError,
+    "shared_state_unavailable": ServiceUnavailableError,
+    "tenant_rate_limited": RateLimitError,
+    "concurrency_limit": RateLimitError,
+    "tenant_quota_exceeded": BudgetExceededError,
+    "max_agents_reached": PermissionDeniedError,
+    "priority_not_allowed": PermissionDeniedError,
+    "model_not_allowed": PermissionDeniedError,
+    "payload_too_large": PayloadTooLargeError,
     "missing_api_key": AuthenticationError,
     "invalid_api_key": AuthenticationError,
     "unauthenticated": AuthenticationError,

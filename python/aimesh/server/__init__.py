@@ -118,7 +118,11 @@ def serve(config: AiMeshConfig | None = None) -> None:
                 limit_concurrency=None,
                 # httptools with a deadline and a size cap on each request
                 # head (uvicorn has neither for httptools; see protocol.py).
-                http=guarded_protocol(cfg.header_timeout_s),
+                http=guarded_protocol(
+                    cfg.header_timeout_s,
+                    body_timeout=cfg.body_timeout_s,
+                    max_connections_per_ip=cfg.max_connections_per_ip,
+                ),
                 server_header=False,
             )
         )

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import orjson
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
@@ -26,6 +26,7 @@ from aimesh.errors import (
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
+    RequestTimeoutError,
     ValidationError,
 )
 from aimesh.mesh import AiMesh
@@ -84,11 +85,16 @@ async def read_body(request: Request, limit: int) -> bytes:
             )
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError("body_too_large", f"request body exceeds {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError("body_too_large", f"request body exceeds {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client left, or the server cut a body too slow to finish
+        # (the protocol has already answered 408): nothing to answer here.
+        raise RequestTimeoutError("body_incomplete", "the request body did not arrive") from None
     return b"".join(chunks)
 
 

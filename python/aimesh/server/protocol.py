@@ -1,4 +1,4 @@
-"""uvicorn's HTTP/1.1 protocol (httptools) with two guards uvicorn lacks:
+"""uvicorn's HTTP/1.1 protocol (httptools) with the guards uvicorn lacks:
 
 - a deadline on every request head: a client that connects and sends
   nothing, or dribbles its request line and headers (slowloris), is cut off
@@ -9,11 +9,15 @@
 - a cap on the size of a request head (request line and headers): past
   ``max_head_bytes`` the answer is 431 and the connection is closed. httptools
   itself has none, and uvicorn's ``h11_max_incomplete_event_size`` applies to
-  the h11 protocol only, so a single endless header would grow without bound.
+  the h11 protocol only, so a single endless header would grow without bound;
+- a deadline on every request body: ``body_timeout`` seconds after its head,
+  the whole body must be in (a slow body is answered 408 and cut; body
+  *sizes* are limited in the app);
+- a cap on concurrent connections from one peer address: past
+  ``max_connections_per_ip`` a new connection is answered 503 and closed.
 
-Both are per connection and cost one timer handle; the body and the answer
-are untouched (bodies have their own limits in the app, and a long answer
-such as an SSE stream must never be cut by a head deadline).
+Each costs one timer handle or one counter per connection; the answer is
+never cut (a long answer such as an SSE stream must not end on a deadline).
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     header_timeout: ClassVar[float] = 10.0
     max_head_bytes: ClassVar[int] = MAX_HEAD_BYTES
+    body_timeout: ClassVar[float] = 30.0
+    max_connections_per_ip: ClassVar[int] = 0  # 0 = no cap
+    #: Open connections per peer address (of this protocol class).
+    connections_by_ip: ClassVar[dict[str, int]]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -55,16 +63,35 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._reading_head = True
         self._head_begun = False
         self._head_bytes = 0
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._peer_ip: str | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if self.max_connections_per_ip:
+            peer = transport.get_extra_info("peername")
+            ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+            counts = self.connections_by_ip
+            if counts.get(ip, 0) >= self.max_connections_per_ip:
+                transport.write(_error(503, "too_many_connections", "too many connections"))
+                transport.close()
+                return
+            counts[ip] = counts.get(ip, 0) + 1
+            self._peer_ip = ip
         # Also bounds a connection that never sends a byte.
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._cancel_body_timer()
+        if self._peer_ip is not None:
+            counts = self.connections_by_ip
+            counts[self._peer_ip] -= 1
+            if counts[self._peer_ip] <= 0:
+                del counts[self._peer_ip]
+            self._peer_ip = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -99,8 +126,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_begun = False
         self._head_bytes = 0
         super().on_headers_complete()
+        # Cancelled at once by on_message_complete when there is no body.
+        self._body_timer = self.loop.call_later(self.body_timeout, self._body_timed_out)
 
     def on_message_complete(self) -> None:
+        self._cancel_body_timer()
         super().on_message_complete()
         self._reading_head = True
 
@@ -124,6 +154,26 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         elif not self._answering():
             self.transport.close()  # no request begun: nothing to answer
 
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and self.cycle.response_started:
+            # Answered without the whole body (a 413, say): stop waiting
+            # for the rest once the answer is out.
+            if self.cycle.response_complete:
+                self.transport.close()
+            else:
+                self.cycle.keep_alive = False
+            return
+        self.transport.write(_error(408, "body_timeout", "request body not received in time"))
+        self.transport.close()
+
     def _answering(self) -> bool:
         """True while an answer is still being written. Then the connection
         is not cut: it is told to close once that answer is complete (a
@@ -142,15 +192,27 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
 
 def guarded_protocol(
-    header_timeout: float, max_head_bytes: int = MAX_HEAD_BYTES
+    header_timeout: float,
+    max_head_bytes: int = MAX_HEAD_BYTES,
+    *,
+    body_timeout: float = 30.0,
+    max_connections_per_ip: int = 0,
 ) -> type[GuardedHttpProtocol]:
     """The protocol class to give uvicorn (``Config(http=...)``) with these
     limits (uvicorn builds protocols from a class, so the limits are class
-    attributes of a subclass)."""
-    if header_timeout <= 0 or max_head_bytes <= 0:
-        raise ValueError("header_timeout and max_head_bytes must be > 0")
+    attributes of a subclass, which also owns its connection counts)."""
+    if header_timeout <= 0 or max_head_bytes <= 0 or body_timeout <= 0:
+        raise ValueError("header_timeout, body_timeout and max_head_bytes must be > 0")
+    if max_connections_per_ip < 0:
+        raise ValueError("max_connections_per_ip must be >= 0")
     return type(
         "GuardedHttpProtocol",
         (GuardedHttpProtocol,),
-        {"header_timeout": float(header_timeout), "max_head_bytes": int(max_head_bytes)},
+        {
+            "header_timeout": float(header_timeout),
+            "max_head_bytes": int(max_head_bytes),
+            "body_timeout": float(body_timeout),
+            "max_connections_per_ip": int(max_connections_per_ip),
+            "connections_by_ip": {},
+        },
     )
