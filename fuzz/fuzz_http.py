@@ -53,6 +53,7 @@ TARGETS = [
     ("msg", "/v1/chat/completions", b""),
     ("admin", "/endpoints", b""),
     ("admin", "/budgets", b""),
+    ("admin", "/tenants", b""),
 ]
 CONTENT_TYPES = [
     b"application/json",

@@ -238,3 +238,16 @@ def test_slow_bodies_and_too_many_connections_are_cut(
         r = c.post("/messages", json={"agent_id": "a", "payload_text": "after"})
         assert r.status_code == 200
     assert "Traceback" not in g.log_text()
+
+
+async def test_deeply_nested_json_is_a_400(app_client: httpx.AsyncClient) -> None:
+    """JSON nesting is bounded (orjson refuses past 1024 levels): a 400 with
+    a code on every JSON route, never a 500 or a stack overflow."""
+    deep = "[" * 20_000 + "]" * 20_000  # under every route's body limit
+    shallow = "[" * 500 + "]" * 500
+    async with app_client as c:
+        for path in ("/messages", "/messages/batch", "/route", "/v1/chat/completions", "/budgets"):
+            for doc in (deep, shallow):  # past orjson's limit, and a valid-JSON wrong type
+                body = '{"agent_id": "a", "payload_text": "x", "metadata": ' + doc + "}"
+                r = await c.post(path, content=body, headers={"content-type": "application/json"})
+                assert r.status_code == 400, (path, r.status_code, r.text[:200])
