@@ -38,6 +38,28 @@ def next_reset(reset_at: int, period_s: int | None, now_s: float) -> int | None:
     return None
 
 
+def budget_info(
+    agent_id: str,
+    limit: int,
+    used: int,
+    reserved: int,
+    reset_at: int | None,
+    last_reset_ms: int,
+    now_s: float,
+) -> BudgetInfo:
+    """A budget as callers see it, from what a backend stores (the same
+    arithmetic for every backend)."""
+    elapsed = max(1.0, now_s - last_reset_ms / 1000)
+    return BudgetInfo(
+        agent_id=agent_id,
+        initial_tokens=limit,
+        remaining_tokens=max(0, limit - used - reserved),
+        reserved_tokens=reserved,
+        consumption_rate=round(used / elapsed, 6),
+        reset_at=reset_at,
+    )
+
+
 @dataclass(slots=True)
 class PutResult:
     """``created`` is False when the message_id was already stored with the

@@ -61,7 +61,7 @@ from aimesh.errors import (
     ValidationError,
 )
 from aimesh.models import BudgetInfo
-from aimesh.storage.base import Reservation, month_start_after
+from aimesh.storage.base import Reservation, budget_info, month_start_after
 
 #: Lua numbers are IEEE doubles: integers are exact up to 2^53, so token
 #: counts (and ``reset_at``) beyond that are refused rather than rounded.
@@ -506,15 +506,7 @@ class RedisSharedState:
         reset_at, last_reset_ms``."""
         limit, used, reserved = int(st[0]), int(st[1]), int(st[2])
         reset_at = None if st[3] in ("", None) else int(st[3])
-        elapsed = max(1.0, now - int(st[4]) / 1000)
-        return BudgetInfo(
-            agent_id=agent_id,
-            initial_tokens=limit,
-            remaining_tokens=max(0, limit - used - reserved),
-            reserved_tokens=reserved,
-            consumption_rate=round(used / elapsed, 6),
-            reset_at=reset_at,
-        )
+        return budget_info(agent_id, limit, used, reserved, reset_at, int(st[4]), now)
 
     # -- budgets ------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ from aimesh.storage.base import (
     PutResult,
     Reservation,
     StoredMessage,
+    budget_info,
     next_reset,
 )
 from aimesh.tenancy.records import ApiKeyRecord, Tenant
@@ -446,15 +447,7 @@ class SqliteStorage:
 
     def _info(self, agent_id: str, row: tuple[Any, ...]) -> BudgetInfo:
         limit, used, reserved, reset_at, _, last_reset_ms = row
-        elapsed = max(1.0, self.clock() - last_reset_ms / 1000)
-        return BudgetInfo(
-            agent_id=agent_id,
-            initial_tokens=limit,
-            remaining_tokens=max(0, limit - used - reserved),
-            reserved_tokens=reserved,
-            consumption_rate=round(used / elapsed, 6),
-            reset_at=reset_at,
-        )
+        return budget_info(agent_id, limit, used, reserved, reset_at, last_reset_ms, self.clock())
 
     def _budget_or_404(self, c: sqlite3.Connection, agent_id: str) -> BudgetInfo:
         row = self._roll(c, agent_id)
