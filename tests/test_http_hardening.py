@@ -251,3 +251,21 @@ async def test_deeply_nested_json_is_a_400(app_client: httpx.AsyncClient) -> Non
                 body = '{"agent_id": "a", "payload_text": "x", "metadata": ' + doc + "}"
                 r = await c.post(path, content=body, headers={"content-type": "application/json"})
                 assert r.status_code == 400, (path, r.status_code, r.text[:200])
+
+
+async def test_agent_ids_are_bounded(app_client: httpx.AsyncClient) -> None:
+    """An agent id names budgets, limiter keys and a tenant's agents: at most
+    256 characters, on every route that takes one."""
+    long_id = "a" * 257
+    async with app_client as c:
+        for path, body in (
+            ("/messages", {"agent_id": long_id, "payload_text": "x"}),
+            ("/route", {"agent_id": long_id, "payload_text": "x"}),
+            ("/budgets", {"agent_id": long_id, "tokens": 5}),
+        ):
+            r = await c.post(path, json=body)
+            assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_agent_id", path
+        r = await c.post(
+            "/messages/batch", json={"messages": [{"agent_id": long_id, "payload_text": "x"}]}
+        )
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_agent_id"

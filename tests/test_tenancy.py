@@ -187,6 +187,8 @@ def test_tenants_are_isolated(gw: Any, sim: Any) -> None:
             ("POST", "/tenants", {"tenant_id": "evil", "tier": "roomy"}, {403}),
             ("POST", "/endpoints", {"endpoint_id": "http://127.0.0.1:9/x"}, {403}),
             ("DELETE", "/endpoints/big", None, {403}),
+            ("GET", "/endpoints", None, {403}),
+            ("GET", "/endpoints/big", None, {403}),
             ("GET", "/metrics", None, {403}),
             ("GET", "/dashboard/state", None, {403}),
             ("GET", "/stats", None, {200}),
@@ -263,7 +265,7 @@ def test_tier_limits_are_enforced(gw: Any, sim: Any) -> None:
 
         # The small tier: payload size, priority, models, agents, tokens.
         r = c.post("/messages", json=msg("a", "x" * 200), headers=small)
-        assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+        assert r.status_code == 400 and r.json()["error"]["code"] == "payload_too_large"
         r = c.post("/messages", json=msg("a", "x", priority=61), headers=small)
         assert r.status_code == 403 and r.json()["error"]["code"] == "priority_not_allowed"
         r = c.post("/messages", json=msg("a", "x", metadata={"model": "big"}), headers=small)

@@ -165,7 +165,6 @@ _CLASS_OF_CODE: dict[str, type[AiMeshError]] = {
     "max_agents_reached": PermissionDeniedError,
     "priority_not_allowed": PermissionDeniedError,
     "model_not_allowed": PermissionDeniedError,
-    "payload_too_large": PayloadTooLargeError,
     "missing_api_key": AuthenticationError,
     "invalid_api_key": AuthenticationError,
     "unauthenticated": AuthenticationError,

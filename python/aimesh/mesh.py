@@ -805,7 +805,12 @@ class AiMesh:
             if tier is not None and tier.tokens_per_month is not None:
                 rid = f"{msg.scoped_id}#quota"
                 try:
-                    await self.budgets.reserve(quota_key(msg.tenant_id), rid, tokens)
+                    resv = await self.budgets.reserve(quota_key(msg.tenant_id), rid, tokens)
+                    if not resv.capped:
+                        # The quota row is gone (a Redis that lost its data):
+                        # made again, never skipped.
+                        await self.sync_quota(msg.tenant_id)
+                        await self.budgets.reserve(quota_key(msg.tenant_id), rid, tokens)
                 except BudgetExceededError as e:
                     self.metrics.rejected("tenant_quota_exceeded")
                     raise BudgetExceededError(
@@ -834,10 +839,15 @@ class AiMesh:
         """Settle (or release, with 0) reservations; never raises (a
         reservation a crash leaves behind is released by ``recover``)."""
         for rid in reservations:
-            with contextlib.suppress(Exception):
+            try:
                 info = await asyncio.shield(self.budgets.settle(rid, used))
-                if info is not None:
-                    self._cache_budget(info)
+            except Exception as e:
+                # Stays reserved (never over-admits) until this node's next
+                # start releases it; its usage is not counted.
+                log.warning("could not settle reservation %s: %s", rid, getattr(e, "code", e))
+                continue
+            if info is not None:
+                self._cache_budget(info)
 
     async def _dispatch_loop(self) -> None:
         """Pop jobs in priority/deadline order whenever delivery capacity is

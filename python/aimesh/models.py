@@ -252,8 +252,10 @@ class AIMessage:
             "dependencies": view.dependencies,
             "metadata": view.metadata,
         }
-        for name in ("message_id", "task_graph_id", "dedup_context", "trace_id"):
+        texts["agent_id"] = view.agent_id
+        for name in ("agent_id", "message_id", "task_graph_id", "trace_id"):
             _str(texts, name)
+        _str(texts, "dedup_context", limit=4096)  # as in the JSON form
         _str_list(texts, "dependencies", MAX_DEPENDENCIES)
         _str_map(texts, "metadata")
         return cls(
@@ -308,6 +310,7 @@ class AIMessage:
         agent_id = d.get("agent_id")
         if not isinstance(agent_id, str):
             raise _fail("invalid_agent_id", "agent_id is required and must be a string")
+        _str(d, "agent_id")  # at most MAX_STRING_FIELD characters
         # payload_text is checked even when payload wins: a wrong field is a
         # 400 wherever it is, not silently ignored.
         text = d.get("payload_text")
@@ -541,6 +544,7 @@ def parse_budget_request(d: Any) -> tuple[str, int, int | None, int | None]:
     agent_id = d.get("agent_id")
     if not isinstance(agent_id, str):
         raise _fail("invalid_agent_id", "agent_id is required")
+    _str(d, "agent_id")
     tokens = _opt_int(d, "tokens", minimum=0)
     if tokens is None:
         raise _fail("invalid_tokens", "tokens is required")

@@ -250,13 +250,19 @@ class HttpApi:
             self.mesh.endpoint_view(ep.endpoint_id), status_code=200 if existed else 201
         )
 
+    def require_operator(self, request: Request) -> None:
+        """Reading the operator's configuration (endpoint URLs, key env
+        names, live load): anyone but a tenant key."""
+        if self.caller(request).tenant_id:
+            raise PermissionDeniedError("admin_only", "this operation needs the admin key")
+
     async def list_endpoints(self, request: Request) -> Response:
-        self.caller(request)
+        self.require_operator(request)
         views = [self.mesh.endpoint_view(i) for i in sorted(self.mesh.endpoints)]
         return ORJSONResponse({"endpoints": views})
 
     async def get_endpoint(self, request: Request) -> Response:
-        self.caller(request)
+        self.require_operator(request)
         return ORJSONResponse(self.mesh.endpoint_view(request.path_params["endpoint_id"]))
 
     async def delete_endpoint(self, request: Request) -> Response:

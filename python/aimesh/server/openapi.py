@@ -54,7 +54,12 @@ def _texts(max_items: int) -> dict[str, Any]:
     return {"type": "array", "maxItems": max_items, "items": _text(MAX_STRING_FIELD)}
 
 
-_AGENT_ID = {"type": "string", "pattern": "^[a-z0-9_-]+$", "minLength": 1}
+_AGENT_ID = {
+    "type": "string",
+    "pattern": "^[a-z0-9_-]+$",
+    "minLength": 1,
+    "maxLength": MAX_STRING_FIELD,
+}
 # bytes.fromhex: pairs of hex digits, ASCII whitespace allowed between pairs;
 # at least one byte (an empty payload is refused with payload_required).
 _HEX_WS = "[ \\t\\n\\x0b\\f\\r]*"

@@ -8,7 +8,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 
 from aimesh import _native
-from aimesh.errors import PayloadTooLargeError, PermissionDeniedError, RateLimitError
+from aimesh.errors import PermissionDeniedError, RateLimitError, ValidationError
 from aimesh.models import AIMessage
 from aimesh.tenancy.tiers import Tier
 
@@ -31,7 +31,8 @@ class TierAdmission:
         """Everything but the rate (see :meth:`acquire`); raise the error
         the tier's limit maps to."""
         if len(msg.payload) > tier.max_payload_bytes:
-            raise PayloadTooLargeError(
+            # 400, like the gateway's own payload limit (a message rule).
+            raise ValidationError(
                 "payload_too_large",
                 f"the {tier.name} tier allows payloads of at most {tier.max_payload_bytes} bytes",
             )

@@ -31,6 +31,8 @@ class TenantRegistry:
         self.tiers = tiers
         self.tenants: dict[str, Tenant] = {}
         self._keys: dict[str, ApiKeyRecord] = {}
+        # Revoked in memory, not yet saved (a failed write): a retry saves them.
+        self._unsaved: set[str] = set()
 
     async def load(self, storage: Storage) -> None:
         self.tenants = {t.tenant_id: t for t in await storage.list_tenants()}
@@ -106,11 +108,12 @@ class TenantRegistry:
             await storage.save_tenant(tenant)
             self.tenants[tenant_id] = tenant
 
-    async def mint_key(self, storage: Storage, tenant_id: str) -> str:
+    async def mint_key(self, storage: Storage, tenant_id: str, *, capped: bool = True) -> str:
         """Another key for the tenant; the others stay valid."""
         if not self.get(tenant_id).active:
             raise ConflictError("tenant_disabled", f"tenant {tenant_id!r} is disabled")
-        if sum(k.active for k in self.keys_of(tenant_id)) >= MAX_KEYS_PER_TENANT:
+        active = sum(k.active for k in self.keys_of(tenant_id))
+        if capped and active >= MAX_KEYS_PER_TENANT:
             raise ConflictError(
                 "too_many_keys", f"a tenant holds at most {MAX_KEYS_PER_TENANT} active keys"
             )
@@ -123,7 +126,8 @@ class TenantRegistry:
     async def rotate(self, storage: Storage, tenant_id: str) -> str:
         """A new key; every older key of the tenant is revoked."""
         old = [k.key_id for k in self.keys_of(tenant_id) if k.active]
-        key = await self.mint_key(storage, tenant_id)
+        # Not capped: the older keys are revoked right after.
+        key = await self.mint_key(storage, tenant_id, capped=False)
         await self.revoke(storage, tenant_id, old)
         return key
 
@@ -135,16 +139,20 @@ class TenantRegistry:
         targets = [
             k
             for k in self.keys_of(tenant_id)
-            if k.active and (key_ids is None or k.key_id in key_ids)
+            if (k.active or k.key_id in self._unsaved) and (key_ids is None or k.key_id in key_ids)
         ]
         if key_ids is not None and len(targets) != len(set(key_ids)):
             raise NotFoundError("key_not_found", "no such active key for this tenant")
         at = _now_ms()
         # Memory first: from here on the key is refused, even while the
-        # write is in flight (and if it fails, the key stays refused).
+        # write is in flight. If the write fails the key stays refused and
+        # the same call can be retried to save it.
         for k in targets:
-            k.revoked_at_ms = at
+            if k.revoked_at_ms is None:
+                k.revoked_at_ms = at
+            self._unsaved.add(k.key_id)
         await storage.revoke_api_keys(tenant_id, [k.key_id for k in targets], at)
+        self._unsaved.difference_update(k.key_id for k in targets)
         return [k.key_id for k in targets]
 
     async def set_tier(self, storage: Storage, tenant_id: str, tier: str) -> Tenant:
