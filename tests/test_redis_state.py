@@ -410,6 +410,9 @@ async def test_acquire_is_all_or_nothing(nodes: Factory) -> None:
     # tight and the window are exhausted; the answer is the longest wait
     ok, wait = await s.acquire([roomy, tight], [window])
     assert not ok and wait == pytest.approx(60.0)
+    # The detail names the first limiter that refused.
+    assert (await s.acquire_detail([roomy, tight], [window]))[2] == "tight"
+    assert (await s.acquire_detail([roomy], [window]))[2] == "w"
     for _ in range(5):
         assert (await s.acquire([roomy, tight]))[0] is False
     # nothing of the refused calls was taken from roomy: 8 tokens are left

@@ -57,7 +57,7 @@ from aimesh.models import (
 from aimesh.router import Router, RoutingDecision, decision_to_json
 from aimesh.storage import BudgetStore, PutResult, Storage, open_storage
 from aimesh.storage.base import MONTHLY, month_start_after
-from aimesh.tenancy.admission import WINDOW_S, TierAdmission
+from aimesh.tenancy.admission import WINDOW_S, TierAdmission, tenant_rate_limited
 from aimesh.tenancy.registry import TenantRegistry
 from aimesh.tenancy.tiers import Tier
 from aimesh.tracing import new_trace_id
@@ -459,11 +459,14 @@ class AiMesh:
             buckets.append((f"tenant:{msg.tenant_id}", tier.requests_per_second, tier.burst))
             windows.append((f"tenant:{msg.tenant_id}", tier.requests_per_minute, WINDOW_S))
         try:
-            allowed, retry_after = await self.shared.acquire(buckets, windows)
+            allowed, retry_after, refused = await self.shared.acquire_detail(buckets, windows)
         except AiMeshError as e:
             self.metrics.rejected(e.code)
             raise
         if not allowed:
+            if tier is not None and refused.startswith("tenant:"):
+                self.metrics.rejected("tenant_rate_limited")
+                raise tenant_rate_limited(tier, retry_after)
             self.metrics.rejected("rate_limited")
             raise RateLimitError(
                 "rate_limited", "rate limit exceeded", retry_after=_ceil_retry(retry_after)

@@ -273,6 +273,7 @@ local n = tonumber(ARGV[2])
 local nonce = ARGV[3]
 local nb = tonumber(ARGV[4])
 local refused = false
+local first = 0  -- the first limiter (index into KEYS) that refused
 local wait = 0
 local buckets = {}
 for i = 1, nb do
@@ -288,6 +289,7 @@ for i = 1, nb do
   end
   if tokens < n then
     refused = true
+    if first == 0 then first = i end
     wait = math.max(wait, (n - tokens) / rate)
   end
   buckets[i] = {tokens, last, rate, burst}
@@ -314,6 +316,7 @@ for j = 1, #KEYS - nb do
   local count = redis.call('ZCARD', key)
   if count + n > limit then
     refused = true
+    if first == 0 then first = nb + j end
     -- Room for n once the (count + n - limit) oldest entries have left.
     local e = redis.call('ZRANGE', key, count + n - limit - 1, count + n - limit - 1,
                          'WITHSCORES')
@@ -325,7 +328,7 @@ for j = 1, #KEYS - nb do
 end
 if refused then
   if wait <= 0 then wait = 0.001 end
-  return {0, string.format('%.17g', wait)}
+  return {0, string.format('%.17g', wait), first}
 end
 for i = 1, nb do
   local s = buckets[i]
@@ -612,15 +615,26 @@ class RedisSharedState:
         windows: Sequence[tuple[str, int, float]] = (),
         n: int = 1,
     ) -> tuple[bool, float]:
+        """:meth:`acquire_detail` without the name of the refusing limiter."""
+        allowed, wait, _ = await self.acquire_detail(buckets, windows, n)
+        return allowed, wait
+
+    async def acquire_detail(
+        self,
+        buckets: Sequence[tuple[str, float, float]],
+        windows: Sequence[tuple[str, int, float]] = (),
+        n: int = 1,
+    ) -> tuple[bool, float, str]:
         """Take ``n`` from several limiters at once, all or nothing.
 
         ``buckets`` are ``(key, rate_per_s, burst)`` token buckets and
         ``windows`` ``(key, limit, window_s)`` exact sliding windows. Answers
         ``(True, 0.0)`` when every limiter had room (all consumed), else
         ``(False, retry_after_s)`` with nothing consumed, the wait being the
-        longest among the limiters that refused. A request no limiter could
-        ever admit (``n`` above a burst or a limit) is a ``ValidationError``,
-        as with the native limiters.
+        longest among the limiters that refused. The third value is the key
+        of the first limiter that refused ("" when admitted). A request no
+        limiter could ever admit (``n`` above a burst or a limit) is a
+        ``ValidationError``, as with the native limiters.
         """
         if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
             raise ValidationError("invalid_argument", "n must be an integer > 0")
@@ -647,15 +661,16 @@ class RedisSharedState:
                 "invalid_request", f"a request of {n} can never be admitted (limit {cap:g})"
             )
         if not keys:
-            return True, 0.0
+            return True, 0.0, ""
         # Unique sliding-window members: this call's nonce and an index.
         nonce = os.urandom(8).hex()
         res = await self._run(
             "acquire", keys, [_num(self.clock()), str(n), nonce, str(len(buckets)), *args]
         )
         if int(res[0]) == 1:
-            return True, 0.0
-        return False, float(res[1])
+            return True, 0.0, ""
+        names = [k for k, _, _ in buckets] + [k for k, _, _ in windows]
+        return False, float(res[1]), names[int(res[2]) - 1]
 
 
 async def _quiet_close(client: Redis) -> None:
