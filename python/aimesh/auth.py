@@ -68,15 +68,22 @@ class Authenticator:
     def require_admin(self, token: str | None) -> Principal:
         """Tenant, endpoint and metrics management: the admin key, or an
         open loopback server."""
+        self._check_admin_enabled()
+        return self.ensure_admin(self.identify(token))
+
+    def ensure_admin(self, principal: Principal) -> Principal:
+        """:meth:`require_admin` for a caller already identified."""
+        self._check_admin_enabled()
+        if not principal.admin:
+            raise PermissionDeniedError("admin_only", "this operation needs the admin key")
+        return principal
+
+    def _check_admin_enabled(self) -> None:
         if not self._admin_key and not self.admin_open:
             raise PermissionDeniedError(
                 "admin_key_required",
                 "admin operations are disabled on a public address unless AIMESH_ADMIN_KEY is set",
             )
-        principal = self.identify(token)
-        if not principal.admin:
-            raise PermissionDeniedError("admin_only", "this operation needs the admin key")
-        return principal
 
     def still_valid(self, principal: Principal) -> bool:
         """False once the tenant key a connection authenticated with is

@@ -30,11 +30,9 @@ from aimesh.endpoints import DeliveryRequest, DeliveryResult, StreamSink
 from aimesh.endpoints.delivery import Deliverer
 from aimesh.errors import (
     AiMeshError,
-    AuthenticationError,
     BudgetExceededError,
     ConflictError,
     NotFoundError,
-    PermissionDeniedError,
     QueueFullError,
     RateLimitError,
     RoutingError,
@@ -57,7 +55,12 @@ from aimesh.models import (
 from aimesh.router import Router, RoutingDecision, decision_to_json
 from aimesh.storage import BudgetStore, PutResult, Storage, open_storage
 from aimesh.storage.base import MONTHLY, month_start_after
-from aimesh.tenancy.admission import WINDOW_S, TierAdmission, tenant_rate_limited
+from aimesh.tenancy.admission import (
+    WINDOW_S,
+    TierAdmission,
+    check_model,
+    tenant_rate_limited,
+)
 from aimesh.tenancy.registry import TenantRegistry
 from aimesh.tenancy.tiers import Tier
 from aimesh.tracing import new_trace_id
@@ -409,7 +412,7 @@ class AiMesh:
         pass already applied the protocol rules and the group check."""
         if self._draining:
             raise ServiceUnavailableError("draining", "the gateway is shutting down", retry_after=1)
-        tier = self._tier(msg.tenant_id)
+        tier = self.tenants.active_tier(msg.tenant_id)
         if not msg.trace_id:
             # Every message gets a W3C trace id: in its ack, its log line
             # and its spans (not part of its identity: see body_hash).
@@ -472,16 +475,6 @@ class AiMesh:
                 "rate_limited", "rate limit exceeded", retry_after=_ceil_retry(retry_after)
             )
         return tier
-
-    def _tier(self, tenant_id: str) -> Tier | None:
-        """The tier of a message's tenant (None for the default tenant); a
-        tenant disabled since its key was checked is refused."""
-        if not tenant_id:
-            return None
-        tenant = self.tenants.tenants.get(tenant_id)
-        if tenant is None or not tenant.active:
-            raise AuthenticationError("invalid_api_key", "the key is not valid")
-        return self.tenants.tier(tenant.tier)
 
     def check_idempotency(self, msg: AIMessage) -> None:
         """Same message_id (of the same tenant) with another body -> 409."""
@@ -668,12 +661,9 @@ class AiMesh:
         """Dry run: the routing decision for ``msg`` (within its tenant's
         tier); nothing is delivered."""
         self._validate(msg)
-        tier = self._tier(msg.tenant_id)
-        group = msg.group
-        if tier is not None and group is not None and not tier.allows_group(group):
-            raise PermissionDeniedError(
-                "model_not_allowed", f"the {tier.name} tier does not include model {group!r}"
-            )
+        tier = self.tenants.active_tier(msg.tenant_id)
+        if tier is not None:
+            check_model(tier, msg.group)
         return self.router.route(msg, exclude=self._excluded(msg))
 
     def _excluded(self, msg: AIMessage) -> list[str]:

@@ -135,10 +135,11 @@ class HttpApi:
         required)."""
         return self.auth.identify(_bearer(request))
 
-    def tenant_of(self, request: Request) -> str:
+    def tenant_of(self, request: Request, principal: Principal | None = None) -> str:
         """The tenant a request acts in: the key's tenant, or for the admin
-        the one named by ``X-AiMesh-Tenant`` (default: the default tenant)."""
-        principal = self.caller(request)
+        the one named by ``X-AiMesh-Tenant`` (default: the default tenant).
+        ``principal``: the caller, when already identified."""
+        principal = principal or self.caller(request)
         named = request.headers.get(TENANT_HEADER)
         if principal.tenant_id:
             if named is not None and named != principal.tenant_id:
@@ -158,9 +159,10 @@ class HttpApi:
     def budget_scope(self, request: Request) -> str:
         """Budgets: a tenant key manages its own agents'; the default
         tenant's need the admin key (or an open loopback server)."""
-        tenant_id = self.tenant_of(request)
-        if not self.caller(request).tenant_id:
-            self.require_admin(request)
+        principal = self.caller(request)
+        tenant_id = self.tenant_of(request, principal)
+        if not principal.tenant_id:
+            self.auth.ensure_admin(principal)
         return tenant_id
 
     # -- messages ---------------------------------------------------------------

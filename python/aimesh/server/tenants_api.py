@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from aimesh.auth import Principal
 from aimesh.errors import NotFoundError, ValidationError
 from aimesh.server.app import ORJSONResponse, _wrap, parse_json, quota_json, read_body
 from aimesh.tenancy.keys import key_id_of
@@ -46,11 +47,12 @@ class TenantsApi:
 
     # -- helpers --------------------------------------------------------------------
 
-    def _own(self, request: Request) -> str:
-        """The tenant in the path, if the caller may act on it: the admin,
-        or a key of that very tenant (others: 404, as if it did not exist)."""
+    def _own(self, request: Request, principal: Principal | None = None) -> str:
+        """The tenant in the path, if the caller (``principal``, when already
+        identified) may act on it: the admin, or a key of that very tenant
+        (others: 404, as if it did not exist)."""
         tenant_id: str = request.path_params["tenant_id"]
-        principal = self.api.caller(request)
+        principal = principal or self.api.caller(request)
         if principal.tenant_id != tenant_id and not principal.admin:
             raise NotFoundError("tenant_not_found", f"no tenant {tenant_id!r}")
         self.registry.get(tenant_id)
@@ -98,8 +100,7 @@ class TenantsApi:
     async def update(self, request: Request) -> Response:
         """Change a tenant's tier or name (admin only: a tenant cannot raise
         its own tier)."""
-        self.api.require_admin(request)
-        tenant_id = self._own(request)
+        tenant_id = self._own(request, self.api.require_admin(request))
         data = await self._body(request)
         tenant = self.registry.get(tenant_id)
         # Every field is checked before anything changes (no half update).
@@ -115,8 +116,7 @@ class TenantsApi:
         return ORJSONResponse(await self._view(tenant_id))
 
     async def disable(self, request: Request) -> Response:
-        self.api.require_admin(request)
-        tenant_id = self._own(request)
+        tenant_id = self._own(request, self.api.require_admin(request))
         await self.registry.disable(self.mesh.storage, tenant_id)
         return ORJSONResponse(await self._view(tenant_id))
 
@@ -127,10 +127,9 @@ class TenantsApi:
 
     async def rotate_key(self, request: Request) -> Response:
         tenant_id = self._own(request)
-        old = [k.key_id for k in self.registry.keys_of(tenant_id) if k.active]
-        key = await self.registry.rotate(self.mesh.storage, tenant_id)
+        key, revoked = await self.registry.rotate(self.mesh.storage, tenant_id)
         return ORJSONResponse(
-            {"api_key": key, "key_id": key_id_of(key), "revoked": old}, status_code=201
+            {"api_key": key, "key_id": key_id_of(key), "revoked": revoked}, status_code=201
         )
 
     async def revoke_key(self, request: Request) -> Response:

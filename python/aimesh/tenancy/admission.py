@@ -41,11 +41,7 @@ class TierAdmission:
                 "priority_not_allowed",
                 f"the {tier.name} tier allows priority up to {tier.max_priority}",
             )
-        group = msg.group
-        if group is not None and not tier.allows_group(group):
-            raise PermissionDeniedError(
-                "model_not_allowed", f"the {tier.name} tier does not include model {group!r}"
-            )
+        check_model(tier, msg.group)
         agents = self.agents[msg.tenant_id]
         if msg.agent_id not in agents:
             if tier.max_agents is not None and len(agents) >= tier.max_agents:
@@ -86,6 +82,15 @@ class TierAdmission:
         self.inflight[tenant_id] -= 1
         if self.inflight[tenant_id] <= 0:
             del self.inflight[tenant_id]
+
+
+def check_model(tier: Tier, group: str | None) -> None:
+    """A message naming a model its tier does not include is refused (one
+    without a model is routed among the tier's models instead)."""
+    if group is not None and not tier.allows_group(group):
+        raise PermissionDeniedError(
+            "model_not_allowed", f"the {tier.name} tier does not include model {group!r}"
+        )
 
 
 def tenant_rate_limited(tier: Tier, retry_after: float) -> RateLimitError:

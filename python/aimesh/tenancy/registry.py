@@ -76,6 +76,17 @@ class TenantRegistry:
             )
         return tier
 
+    def active_tier(self, tenant_id: str) -> Tier | None:
+        """The tier a message of ``tenant_id`` is admitted under (None for
+        the default tenant); a tenant unknown or disabled since its key was
+        checked is refused like a bad key."""
+        if not tenant_id:
+            return None
+        tenant = self.tenants.get(tenant_id)
+        if tenant is None or not tenant.active:
+            raise AuthenticationError("invalid_api_key", "the key is not valid")
+        return self.tier(tenant.tier)
+
     def tier_of(self, tenant_id: str) -> Tier | None:
         """The tier of a tenant; None for the default tenant."""
         tenant = self.tenants.get(tenant_id)
@@ -90,23 +101,21 @@ class TenantRegistry:
         self, storage: Storage, tenant_id: str, tier: str, name: str = ""
     ) -> tuple[Tenant, str]:
         """A new tenant and its first key (the key is returned once)."""
+        if not await self.ensure(storage, tenant_id, tier, name):
+            raise ConflictError("tenant_exists", f"tenant {tenant_id!r} already exists")
+        return self.tenants[tenant_id], await self.mint_key(storage, tenant_id)
+
+    async def ensure(self, storage: Storage, tenant_id: str, tier: str, name: str = "") -> bool:
+        """Create the tenant (without a key) if absent, as for the config
+        file's tenants; True if it was created."""
         check_tenant_id(tenant_id)
         self.tier(tier)
         if tenant_id in self.tenants:
-            raise ConflictError("tenant_exists", f"tenant {tenant_id!r} already exists")
+            return False
         tenant = Tenant(tenant_id, tier, name, _now_ms())
         await storage.save_tenant(tenant)
         self.tenants[tenant_id] = tenant
-        return tenant, await self.mint_key(storage, tenant_id)
-
-    async def ensure(self, storage: Storage, tenant_id: str, tier: str, name: str = "") -> None:
-        """A tenant from the config file: created (without a key) if absent."""
-        check_tenant_id(tenant_id)
-        self.tier(tier)
-        if tenant_id not in self.tenants:
-            tenant = Tenant(tenant_id, tier, name, _now_ms())
-            await storage.save_tenant(tenant)
-            self.tenants[tenant_id] = tenant
+        return True
 
     async def mint_key(self, storage: Storage, tenant_id: str, *, capped: bool = True) -> str:
         """Another key for the tenant; the others stay valid."""
@@ -123,13 +132,12 @@ class TenantRegistry:
         self._keys[key_id] = record
         return key
 
-    async def rotate(self, storage: Storage, tenant_id: str) -> str:
-        """A new key; every older key of the tenant is revoked."""
+    async def rotate(self, storage: Storage, tenant_id: str) -> tuple[str, list[str]]:
+        """A new key, and the ids of the older keys, all revoked."""
         old = [k.key_id for k in self.keys_of(tenant_id) if k.active]
         # Not capped: the older keys are revoked right after.
         key = await self.mint_key(storage, tenant_id, capped=False)
-        await self.revoke(storage, tenant_id, old)
-        return key
+        return key, await self.revoke(storage, tenant_id, old)
 
     async def revoke(
         self, storage: Storage, tenant_id: str, key_ids: list[str] | None = None
