@@ -63,6 +63,11 @@ def test_monthly_quota_resets_at_the_start_of_the_month(tmp_path: Path, sims: An
             assert fresh.reset_at == month_start_after(first.reset_at + 1) > first.reset_at
             ack = await mesh.process_message(message("new month"))
             assert ack.status is AckStatus.SUCCESS
+            # A batch keeps each message's own tenant unless told one.
+            before = mesh.metrics.tenant_stats("t2")["messages_total"]
+            acks = await mesh.process_batch([message("batch a", "t2"), message("batch b", "t2")])
+            assert [a.status for a in acks] == [AckStatus.SUCCESS] * 2
+            assert mesh.metrics.tenant_stats("t2")["messages_total"] == before + 2
 
     asyncio.run(scenario())
 

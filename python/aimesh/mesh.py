@@ -603,14 +603,16 @@ class AiMesh:
         messages: Iterable[AIMessage],
         *,
         async_mode: bool = False,
-        tenant_id: str = "",
+        tenant_id: str | None = None,
     ) -> list[Acknowledgment]:
-        """Process many messages of one tenant concurrently; each gets an
-        ack, in order (a message rejected before delivery gets a
-        ``rejected`` ack with its code)."""
+        """Process many messages concurrently; each gets an ack, in order (a
+        message rejected before delivery gets a ``rejected`` ack with its
+        code). ``tenant_id`` puts them all in that tenant; by default each
+        keeps its own ``tenant_id``."""
         batch = list(messages)
-        for m in batch:
-            m.tenant_id = tenant_id
+        if tenant_id is not None:
+            for m in batch:
+                m.tenant_id = tenant_id
         if async_mode:
             return await self.submit_many(batch)
         return list(await asyncio.gather(*(self.handle(m) for m in batch)))
